@@ -1,0 +1,23 @@
+"""Installs patchup_tf: PatchUp and its baselines for TensorFlow 2 / Keras 3."""
+from setuptools import find_packages, setup
+
+setup(
+    name="patchup_tf",
+    version="0.1.0",
+    description=(
+        "PatchUp (Faramarzi et al., arXiv 2006.07794) and Mixup, Manifold Mixup, "
+        "CutMix, Cutout, DropBlock for TensorFlow 2 / Keras 3"
+    ),
+    packages=find_packages(include=["patchup_tf", "patchup_tf.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3.0",
+        "tensorflow-datasets",
+        "numpy",
+        "scipy",
+        "scikit-learn",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest", "hypothesis"]},
+)
