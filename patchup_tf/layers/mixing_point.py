@@ -1,0 +1,120 @@
+"""Mixing points: where a model's hidden features may be mixed during training.
+
+A `MixingPoint(position)` stands between two stages of a functional model.
+At inference, and whenever no training step is running, it is the identity,
+so `predict`, `evaluate` and exported models see a plain CNN. During a
+`MixingModel.train_step` the step opens a `MixingContext` holding the batch's
+plan (drawn once); every mixing point hands its features to that context,
+which mixes them if the plan makes this position active and records the
+mixed targets for the loss.
+"""
+
+import contextlib
+import threading
+
+import keras
+import tensorflow as tf
+
+from patchup_tf.methods import NUM_POSITIONS, MixState
+
+_LOCAL = threading.local()  # per thread: MirroredStrategy traces replicas in threads
+
+
+class MixingContext:
+    """The state of one training step: the method, the plan and the targets.
+
+    `mix(position, x)` applies the method where the plan says and keeps the
+    resulting `MixState` (`y_a, y_b, y_mix, u`) in `self.state`.
+    """
+
+    def __init__(self, method, plan, targets):
+        self.method = method
+        self.plan = plan
+        self.state = MixState.clean(targets)
+        self.used_positions = set()
+
+    def mix(self, position, features):
+        self.used_positions.add(position)
+        if position != 0 and position not in self.method.hidden_positions:
+            return features
+        if position == 0 and not _acts_on_input(self.method):
+            return features
+        state = self.state
+
+        def mixed():
+            return self.method.mix(position, features, state, self.plan)
+
+        features, self.state = tf.cond(
+            self.plan["active"][position], mixed, lambda: (features, state)
+        )
+        return features
+
+
+def _acts_on_input(method):
+    return method.name in ("mixup", "manifold_mixup", "cutout", "cutmix") or method.is_patchup
+
+
+@contextlib.contextmanager
+def mixing_context(context):
+    """Makes `context` the one the mixing points of this thread use."""
+    previous = getattr(_LOCAL, "context", None)
+    _LOCAL.context = context
+    try:
+        yield context
+    finally:
+        _LOCAL.context = previous
+
+
+def current_context():
+    """The `MixingContext` of the running training step, or None."""
+    return getattr(_LOCAL, "context", None)
+
+
+@keras.saving.register_keras_serializable(package="patchup")
+class MixingPoint(keras.layers.Layer):
+    """Marks position `position` (1..4) of a model as a place to mix features.
+
+    The identity unless a `MixingModel` training step is running; then the
+    step's method (PatchUp, Manifold Mixup, DropBlock) may act here, as the
+    step's plan decides. Position 0, the input images, needs no layer.
+
+    Args:
+        position: int in 1..4; 1 is conventionally after the stem, 2..4 after
+            stages 1..3, as in the PatchUp paper.
+
+    Call arguments:
+        inputs: a 4-D NHWC feature map.
+        training: Python bool; mixing happens only when True.
+
+    Example:
+
+    >>> x = keras.Input((32, 32, 3))
+    >>> h = keras.layers.Conv2D(16, 3, padding="same")(x)
+    >>> h = MixingPoint(1)(h)
+    """
+
+    def __init__(self, position, **kwargs):
+        super().__init__(**kwargs)
+        if (
+            not isinstance(position, int)
+            or isinstance(position, bool)
+            or not 1 <= position < NUM_POSITIONS
+        ):
+            raise ValueError(
+                "Invalid value received for argument `position`. Expected an "
+                f"int in 1..{NUM_POSITIONS - 1}. Received: position={position!r}"
+            )
+        self.position = position
+        self.supports_masking = True
+
+    def call(self, inputs, training=None):
+        context = current_context()
+        if not training or context is None:
+            return inputs
+        return context.mix(self.position, inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "position": self.position}

@@ -1,0 +1,74 @@
+"""A self-contained PatchUp layer for custom training loops."""
+
+import keras
+import tensorflow as tf
+
+from patchup_tf import mixing
+
+
+@keras.saving.register_keras_serializable(package="patchup")
+class PatchUp(keras.layers.Layer):
+    """Soft or hard PatchUp on `[features, targets]`, drawing its own randomness.
+
+    Each training call draws `lam ~ Beta(alpha, alpha)`, a permutation and
+    one `(H, W, C)` block mask (`mixing.patchup`), and returns
+    `(features, y_a, y_b, y_mix, u)`; the loss is then
+    `u L(y_a) + (1 - u) L(y_b) + L(y_mix)`. At inference it returns
+    `(features, targets, targets, targets, 1.0)` unchanged. Inside a
+    `MixingModel` use `MixingPoint` instead: the model decides per batch
+    where to mix.
+
+    Args:
+        mode: `"soft"` (default) or `"hard"`.
+        gamma: float in (0, 1], default 0.75, the share of features to alter
+            before the block adjustment.
+        block_size: positive odd int, default 7; `None` picks SPEC's rule
+            from the map width (7 on 32, 5 on 16, 3 on 8 and smaller).
+        alpha: float > 0, default 2.0, for `lam ~ Beta(alpha, alpha)`.
+        seed: optional int.
+
+    Call arguments:
+        inputs: `[features (N, H, W, C), one-hot targets (N, K)]`.
+        training: Python bool.
+    """
+
+    def __init__(self, mode="soft", gamma=0.75, block_size=7, alpha=2.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in mixing.PATCHUP_MODES:
+            raise mixing._invalid("mode", "one of 'soft', 'hard'", mode)
+        self.mode = mode
+        self.gamma = mixing._check_prob("gamma", gamma)
+        self.block_size = None if block_size is None else mixing._check_block(block_size, None, None)
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
+            raise mixing._invalid("alpha", "a float > 0", alpha)
+        self.alpha = float(alpha)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=False):
+        features, targets = inputs
+        targets = tf.cast(targets, tf.float32)
+        if not training:
+            return features, targets, targets, targets, tf.constant(1.0)
+        s_lam, s_perm, s_mask = mixing.split_seed(
+            tf.cast(self.seed_generator.next(), tf.int32), 3
+        )
+        width = features.shape[2]
+        block = self.block_size or mixing.patchup_block_size(width)
+        result = mixing.patchup(
+            features, targets, mode=self.mode, gamma=self.gamma, block_size=block,
+            lam=mixing.beta(self.alpha, s_lam),
+            perm=mixing.permutation(tf.shape(features)[0], s_perm), seed=s_mask,
+        )
+        return result[:5]
+
+    def compute_output_shape(self, input_shape):
+        f, t = input_shape
+        return f, t, t, t, ()
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "mode": self.mode, "gamma": self.gamma, "block_size": self.block_size,
+            "alpha": self.alpha, "seed": self.seed,
+        }

@@ -1,0 +1,54 @@
+"""Functional architectures with mixing points, and `build(arch, ...)`."""
+
+from patchup_tf.methods import METHODS, Method
+from patchup_tf.models.preact_resnet import preact_resnet
+from patchup_tf.models.wide_resnet import wide_resnet
+from patchup_tf.training import MixingModel
+
+ARCHS = {
+    "preactresnet18": lambda **kw: preact_resnet([2, 2, 2, 2], name="preactresnet18", **kw),
+    "preactresnet34": lambda **kw: preact_resnet([3, 4, 6, 3], name="preactresnet34", **kw),
+    "wrn28_10": lambda **kw: wide_resnet(28, 10, name="wrn28_10", **kw),
+    "wrn28_2": lambda **kw: wide_resnet(28, 2, name="wrn28_2", **kw),
+}
+"""Architecture name -> builder returning `(inputs, logits)`."""
+
+
+def build(arch, num_classes=10, method="vanilla", *, input_shape=(32, 32, 3), seed=None, **options):
+    """Builds `arch` as a `MixingModel` trained with `method`.
+
+    Args:
+        arch: one of `ARCHS` (`preactresnet18, preactresnet34, wrn28_10, wrn28_2`).
+        num_classes: int >= 2.
+        method: one of `METHODS`.
+        input_shape: `(32, 32, C)`; the architectures are CIFAR-sized.
+        seed: int for the per-batch plans (see `MixingModel`).
+        **options: the method's options (see `patchup_tf.methods.PAPER_DEFAULTS`).
+
+    Returns:
+        A `MixingModel` outputting logits; compile it with an optimizer only.
+    """
+    if arch not in ARCHS:
+        raise ValueError(
+            f"Invalid value received for argument `arch`. Expected one of "
+            f"{', '.join(ARCHS)}. Received: arch={arch!r}"
+        )
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(
+            f"Invalid value received for argument `num_classes`. Expected an int >= 2. "
+            f"Received: num_classes={num_classes!r}"
+        )
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3 or input_shape[:2] != (32, 32):
+        raise ValueError(
+            "Invalid value received for argument `input_shape`. Expected "
+            f"(32, 32, C). Received: input_shape={input_shape}"
+        )
+    Method(method, **options)  # validates before the (slow) graph build
+    inputs, logits = ARCHS[arch](num_classes=num_classes, input_shape=input_shape)
+    return MixingModel(
+        inputs, logits, method=method, method_options=options, seed=seed, name=arch
+    )
+
+
+__all__ = ["ARCHS", "METHODS", "MixingModel", "build", "preact_resnet", "wide_resnet"]

@@ -1,0 +1,63 @@
+"""Layers initialised as PyTorch initialises them, and the generic builder."""
+
+import math
+
+import keras
+from keras import layers
+
+from patchup_tf.layers import MixingPoint
+
+BN_EPSILON = 1e-5  # PyTorch's default
+BN_MOMENTUM = 0.9  # Keras' convention for PyTorch's momentum=0.1
+
+
+def torch_uniform(fan_in):
+    """`U(+-1/sqrt(fan_in))`: PyTorch's default for conv/linear biases."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return keras.initializers.RandomUniform(-bound, bound)
+
+
+# PyTorch's kaiming_uniform(a=sqrt(5)) on weights is U(+-1/sqrt(fan_in)) too.
+TORCH_KERNEL = keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def conv(x, filters, kernel, stride, use_bias, name):
+    """A conv with PyTorch's padding `kernel // 2` (explicit for stride 2) and init."""
+    fan_in = x.shape[-1] * kernel * kernel
+    padding = "same"
+    if stride > 1 and kernel > 1:
+        x = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
+        padding = "valid"
+    return layers.Conv2D(
+        filters, kernel, strides=stride, padding=padding, use_bias=use_bias,
+        kernel_initializer=TORCH_KERNEL,
+        bias_initializer=torch_uniform(fan_in) if use_bias else "zeros",
+        name=name,
+    )(x)
+
+
+def bn_relu(x, name, momentum=BN_MOMENTUM):
+    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=momentum, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def dense(x, units, name):
+    fan_in = x.shape[-1]
+    return layers.Dense(
+        units, kernel_initializer=TORCH_KERNEL, bias_initializer=torch_uniform(fan_in),
+        name=name,
+    )(x)
+
+
+def build_backbone(stem_fn, stage_fns, head_fn, input_shape, name):
+    """Stem, stages and head with `MixingPoint`s after the stem and stages 1..3.
+
+    Returns `(inputs, logits)` of a functional graph.
+    """
+    inputs = keras.Input(input_shape, name="images")
+    x = MixingPoint(1, name="mix_1")(stem_fn(inputs))
+    for i, stage_fn in enumerate(stage_fns, start=1):
+        x = stage_fn(x)
+        if i + 1 <= 4:
+            x = MixingPoint(i + 1, name=f"mix_{i + 1}")(x)
+    return inputs, head_fn(x)

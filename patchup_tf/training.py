@@ -1,0 +1,217 @@
+"""The training engine: a functional Keras model whose `train_step` mixes.
+
+`MixingModel` is an ordinary functional model (build it from `inputs,
+outputs`, as `keras.Model`) with a custom `train_step`: it draws the batch's
+plan once, mixes the input images (position 0) and lets the model's
+`MixingPoint` layers mix hidden features, then forms SPEC's loss from the
+targets the mixing produced. `predict`, `evaluate`, `save` and `export` see
+the plain network. The recipe (PyTorch's SGD, the step schedule) is here too.
+"""
+
+import bisect
+import random
+
+import keras
+import tensorflow as tf
+
+from patchup_tf import mixing
+from patchup_tf.layers.mixing_point import MixingContext, MixingPoint, mixing_context
+from patchup_tf.methods import Method
+from patchup_tf.optimizer import TorchSGD
+
+
+def _mixing_positions(model):
+    return sorted(
+        layer.position for layer in model._flatten_layers() if isinstance(layer, MixingPoint)
+    )
+
+
+@keras.saving.register_keras_serializable(package="patchup")
+class MixingModel(keras.Model):
+    """A functional model trained with one of the eight methods.
+
+    Args:
+        *args, **kwargs: as `keras.Model` (functional: `inputs, outputs`).
+            The outputs must be logits `(N, K)`.
+        method: one of `patchup_tf.methods.METHODS`, default `"vanilla"`.
+        method_options: dict of that method's options (`alpha, gamma,
+            patchup_prob, block_size, cutmix_prob, cutout, keep_prob,
+            dropblock_all, k, loss, loss_params`); unset ones take the
+            paper's settings.
+        seed: int; the per-step plans are a pure function of `(seed, step,
+            replica)`, so a seed reproduces a run, across restarts too.
+
+    Methods acting on hidden features need `MixingPoint` layers at positions
+    `1..k` of the model.
+    """
+
+    def __init__(self, *args, method="vanilla", method_options=None, seed=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.method = Method(method, **dict(method_options or {}))
+        if seed is None:
+            seed = random.SystemRandom().randrange(2**31)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(
+                f"Invalid value received for argument `seed`. Expected an int. Received: seed={seed!r}"
+            )
+        self.seed = seed
+        present = set(_mixing_positions(self))
+        missing = [p for p in self.method.hidden_positions if p not in present]
+        if missing:
+            raise ValueError(
+                f"Method '{self.method.name}' mixes at positions "
+                f"{list(self.method.hidden_positions)} but the model has no "
+                f"MixingPoint layer for {missing}. Place "
+                "`patchup_tf.layers.MixingPoint(position)` after the stem and "
+                "stages, or lower `k`."
+            )
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.accuracy_tracker = keras.metrics.CategoricalAccuracy(name="accuracy")
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.accuracy_tracker]
+
+    # ------------------------------------------------------------ helpers
+    def _one_hot(self, y):
+        """Accepts integer labels (N,) or one-hot targets (N, K) of the right width."""
+        num_classes = self.outputs[0].shape[-1]
+        y = tf.convert_to_tensor(y)
+        if y.shape.rank == 1 or (y.shape.rank == 2 and y.shape[-1] == 1 and num_classes != 1):
+            return tf.one_hot(tf.reshape(tf.cast(y, tf.int32), [-1]), num_classes)
+        if y.shape.rank != 2 or y.shape[-1] != num_classes:
+            raise ValueError(
+                f"Invalid targets: expected integer labels (N,) or one-hot targets "
+                f"(N, {num_classes}) for a model with {num_classes} classes. "
+                f"Received targets of shape {tuple(y.shape)}."
+            )
+        return tf.cast(y, tf.float32)
+
+    def _check_images(self, x):
+        expected = tuple(self.inputs[0].shape[1:])
+        got = tuple(x.shape[1:])
+        if len(got) != len(expected) or any(
+            e is not None and g is not None and e != g for e, g in zip(expected, got)
+        ):
+            raise ValueError(
+                f"Invalid images: the model takes (N, {', '.join(map(str, expected))}). "
+                f"Received images of shape {tuple(x.shape)}."
+            )
+
+    def step_seed(self):
+        """int32[2] seed of this step and replica: `f(seed, iterations, replica)`."""
+        seed = tf.constant([self.seed, 0], tf.int32)
+        seed = tf.random.experimental.stateless_fold_in(seed, self.optimizer.iterations)
+        replica = tf.distribute.get_replica_context()
+        replica_id = replica.replica_id_in_sync_group if replica is not None else 0
+        return tf.random.experimental.stateless_fold_in(seed, replica_id)
+
+    def draw_plan(self, x, seed=None):
+        """The batch's plan (see `Method.draw_plan`), from `step_seed()` by default."""
+        return self.method.draw_plan(
+            self.step_seed() if seed is None else seed, tf.shape(x)[0]
+        )
+
+    def mixed_forward(self, x, targets, plan):
+        """Runs the training forward pass under `plan`.
+
+        Returns `(logits, MixState(y_a, y_b, y_mix, u))`.
+        """
+        context = MixingContext(self.method, plan, targets)
+        with mixing_context(context):
+            x = context.mix(0, x)
+            logits = self(x, training=True)
+        return logits, context.state
+
+    # ------------------------------------------------------------- steps
+    def train_step(self, data):
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        self._check_images(x)
+        targets = self._one_hot(y)
+        plan = self.draw_plan(x)
+        with tf.GradientTape() as tape:
+            logits, state = self.mixed_forward(x, targets, plan)
+            loss = self.method.loss(logits, targets, state, plan)
+            # Gradients are summed over replicas: scale to the global mean.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = self.optimizer.scale_loss(loss / replicas)
+        grads = tape.gradient(scaled, self.trainable_variables)
+        self.optimizer.apply(grads, self.trainable_variables)
+        self.loss_tracker.update_state(loss)
+        self.accuracy_tracker.update_state(targets, logits)
+        return {m.name: m.result() for m in self.metrics}
+
+    def test_step(self, data):
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        self._check_images(x)
+        targets = self._one_hot(y)
+        logits = self(x, training=False)
+        self.loss_tracker.update_state(mixing.softmax_ce(logits, targets))
+        self.accuracy_tracker.update_state(targets, logits)
+        return {m.name: m.result() for m in self.metrics}
+
+    def compile(self, optimizer="rmsprop", **kwargs):
+        if kwargs.get("loss") is not None:
+            raise ValueError(
+                "MixingModel forms its own loss (the method's, `loss='bce'` or "
+                "'ce' in method_options); compile it without `loss`. "
+                f"Received: loss={kwargs['loss']!r}"
+            )
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def get_compile_config(self):
+        return super().get_compile_config()
+
+    def compile_from_config(self, config):
+        return super().compile_from_config(config)
+
+    def inference_model(self):
+        """A plain `keras.Model` over the same layers (shares the weights)."""
+        return keras.Model(self.inputs, self.outputs, name=f"{self.name}_inference")
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "method": self.method.name,
+            "method_options": {
+                k: list(v) if isinstance(v, tuple) else v
+                for k, v in self.method.options.items()
+            },
+            "seed": self.seed,
+        }
+
+
+def step_lr(learning_rate, schedule=(), step_factors=()):
+    """The reference's step schedule: `epoch -> lr`.
+
+    `lr = learning_rate * prod(step_factors[i] for milestones schedule[i] <=
+    epoch)` (0-based epochs, ascending milestones), set at each epoch start.
+    """
+    schedule, step_factors = list(schedule), list(step_factors)
+    if len(schedule) != len(step_factors):
+        raise ValueError(
+            "`schedule` and `step_factors` must have the same length. "
+            f"Received: schedule={schedule}, step_factors={step_factors}"
+        )
+    if schedule != sorted(schedule):
+        raise ValueError(f"`schedule` must be ascending. Received: schedule={schedule}")
+
+    def lr_at(epoch, _current_lr=None):
+        lr = learning_rate
+        for factor in step_factors[: bisect.bisect_right(schedule, epoch)]:
+            lr *= factor
+        return lr
+
+    return lr_at
+
+
+def recipe(learning_rate=0.1, momentum=0.9, decay=1e-4, schedule=(500, 1000, 1500),
+           step_factors=(0.1, 0.1, 0.1)):
+    """The paper's optimiser and schedule: `(TorchSGD, LearningRateScheduler)`.
+
+    SGD lr 0.1, momentum 0.9, Nesterov, coupled L2 `decay` on every parameter;
+    the defaults are the PreActResNet schedule (WRN: `(200, 300), (0.1, 0.1)`).
+    """
+    lr_at = step_lr(learning_rate, schedule, step_factors)
+    optimizer = TorchSGD(learning_rate=learning_rate, momentum=momentum, nesterov=True, l2=decay)
+    return optimizer, keras.callbacks.LearningRateScheduler(lr_at)
