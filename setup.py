@@ -13,6 +13,7 @@ setup(
     install_requires=[
         "tensorflow>=2.16",
         "keras>=3.0",
+        "tensorboard",
         "tensorflow-datasets",
         "numpy",
         "scipy",

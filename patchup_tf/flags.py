@@ -1,0 +1,175 @@
+"""The command line of the reference's `main.py`, and how it maps to a run.
+
+Every flag of the seed's commands keeps its name and meaning; unset
+method flags take the paper's settings for the chosen method (the
+reference's argparse defaults, such as `--alpha 0`, are not the paper's).
+"""
+
+import argparse
+
+from patchup_tf.methods import METHODS, PAPER_DEFAULTS
+
+TRAIN_CHOICES = ("vanilla", "mixup", "manifold_mixup", "cutout", "patchup", "cutmix", "dropblock")
+DATASETS = ("cifar10", "cifar100", "svhn", "digits")
+ARCHS = ("preactresnet18", "preactresnet34", "wrn28_10", "wrn28_2")
+
+
+class FlagError(ValueError):
+    """A command line that cannot run; the message says why and what to do."""
+
+
+def str2bool(value):
+    """Accepts the reference's string booleans ('True'/'False') and the usual spellings."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "t", "yes", "y", "1"):
+        return True
+    if text in ("false", "f", "no", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+
+
+def _bool_flag(parser, name, help_text):
+    # `--flag`, `--flag True` and `--flag False` all work (the seed uses both forms).
+    parser.add_argument(name, type=str2bool, nargs="?", const=True, default=False, help=help_text)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train a CNN with PatchUp or a baseline, with the reference's flags.",
+    )
+    a = p.add_argument
+    a("--dataset", default="cifar10", choices=DATASETS)
+    a("--data_dir", default=None, help="torchvision files or prepared TFDS data (not needed for digits)")
+    a("--root_dir", default="experiments", help="folder where experiment folders are created")
+    a("--labels_per_class", type=int, default=None, help="training samples per class (default: the dataset's)")
+    a("--valid_labels_per_class", type=int, default=None, help="validation samples per class (default: the dataset's)")
+    a("--arch", default="preactresnet18", choices=ARCHS)
+    a("--epochs", type=int, default=None, help="default: 2000 PreActResNet, 400 WRN")
+    a("--train", default=None, choices=TRAIN_CHOICES, help="the reference's method flag")
+    a("--method", default=None, choices=METHODS, help="short form, e.g. soft_patchup")
+    a("--alpha", type=float, default=None, help="Beta(alpha, alpha) for mixup/manifold mixup/PatchUp")
+    a("--cutout", type=int, default=None, help="cutout side (default 16 PreActResNet, 8 WRN, 20 SVHN)")
+    a("--drop_block", type=int, default=None, help="DropBlock block size (7)")
+    _bool_flag(p, "--drop_block_all", "DropBlock at every position 1..k (paper: True)")
+    a("--k", type=int, default=None, help="positions 0..k may mix (2)")
+    a("--keep_prob", type=float, default=None, help="DropBlock keep probability (0.9)")
+    a("--gamma", type=float, default=None, help="PatchUp gamma (soft 0.75, hard 0.5)")
+    a("--patchup_block", type=int, default=None, help="PatchUp block on 32x32 maps (7)")
+    a("--patchup_prob", type=float, default=None, help="PatchUp probability (soft 1.0, hard 0.7)")
+    a("--patchup_type", default=None, choices=("soft", "hard"))
+    a("--cutmix_prob", type=float, default=None, help="CutMix probability (0.4)")
+    a("--loss_params", type=float, nargs=2, default=None, help="PatchUp loss weights alpha beta (1 1)")
+    a("--loss", default="bce", choices=("bce", "ce"), help="bce: the reference's BCE on softmax")
+    a("--batch_size", type=int, default=100)
+    a("--learning_rate", type=float, default=0.1)
+    a("--momentum", type=float, default=0.9)
+    a("--decay", type=float, default=1e-4, help="coupled L2 weight decay")
+    a("--schedule", type=int, nargs="+", default=None, help="lr milestones (epochs)")
+    a("--step_factors", type=float, nargs="+", default=None, help="lr factor at each milestone")
+    a("--seed", type=int, default=0)
+    a("--job_id", default="")
+    a("--add_name", default="")
+    _bool_flag(p, "--checkpoint", "also keep the last checkpoint as the reference's --checkpoint")
+    _bool_flag(p, "--affine_test", "evaluate the deformed CIFAR-100 sets in --affine_path")
+    a("--affine_path", default=None, help="folder written by scripts/make_affine_sets.py")
+    _bool_flag(p, "--fsgm_attack", "run the FGSM sweep on the test set at the end")
+    a("--precision", default="auto", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+      help="auto: mixed_bfloat16 where the CPU has bf16 units or a GPU is present")
+    _bool_flag(p, "--mixed_precision", "shorthand for --precision mixed_bfloat16")
+    _bool_flag(p, "--jit_compile", "compile the train step with XLA")
+    a("--strategy", default="default", choices=("default", "mirrored", "multi_worker"))
+    _bool_flag(p, "--resume", "continue the experiment folder's last completed epoch (also automatic)")
+    a("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras progress bar mode")
+    # Accepted for compatibility with the reference; they change nothing here.
+    for name in ("--dropout", "--evaluate"):
+        _bool_flag(p, name, argparse.SUPPRESS)
+    for name, kind in (("--data_aug", int), ("--print_freq", int), ("--start_epoch", int),
+                       ("--ngpu", int), ("--workers", int), ("--manualSeed", int)):
+        a(name, type=kind, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def resolve_method(args):
+    """The method name from `--method` or `--train`/`--patchup_type`."""
+    from_train = None
+    if args.train == "patchup":
+        if args.patchup_type is None:
+            raise FlagError("--train patchup needs --patchup_type soft or --patchup_type hard")
+        from_train = f"{args.patchup_type}_patchup"
+    elif args.train is not None:
+        from_train = args.train
+    if args.method and from_train and args.method != from_train:
+        raise FlagError(
+            f"--method {args.method} contradicts --train {args.train}"
+            + (f" --patchup_type {args.patchup_type}" if args.train == "patchup" else "")
+            + "; give one of them"
+        )
+    method = args.method or from_train or "vanilla"
+    if args.patchup_type and not method.endswith("_patchup"):
+        raise FlagError(f"--patchup_type is only for PatchUp; the method is {method}")
+    if method.endswith("_patchup") and args.patchup_type and not method.startswith(args.patchup_type):
+        raise FlagError(f"--method {method} contradicts --patchup_type {args.patchup_type}")
+    return method
+
+
+def method_options(args, method):
+    """The options of `method` that the flags set (the rest keep the paper's)."""
+    flag_of = {
+        "alpha": args.alpha, "gamma": args.gamma, "patchup_prob": args.patchup_prob,
+        "cutmix_prob": args.cutmix_prob, "keep_prob": args.keep_prob, "k": args.k,
+        "cutout": args.cutout, "loss_params": args.loss_params,
+        "block_size": args.patchup_block if method.endswith("_patchup") else args.drop_block,
+    }
+    options = {key: value for key, value in flag_of.items()
+               if value is not None and key in PAPER_DEFAULTS[method]}
+    if method == "dropblock":
+        options["dropblock_all"] = bool(args.drop_block_all)
+    if method == "cutout" and "cutout" not in options:
+        options["cutout"] = 20 if args.dataset == "svhn" else (8 if args.arch.startswith("wrn") else 16)
+    options["loss"] = args.loss
+    return options
+
+
+def resolve_schedule(args):
+    """`(epochs, schedule, step_factors)`, the paper's for the arch when unset."""
+    wrn = args.arch.startswith("wrn")
+    epochs = args.epochs if args.epochs is not None else (400 if wrn else 2000)
+    schedule = args.schedule if args.schedule is not None else ([200, 300] if wrn else [500, 1000, 1500])
+    factors = args.step_factors if args.step_factors is not None else [0.1] * len(schedule)
+    if len(schedule) != len(factors):
+        raise FlagError(
+            f"--schedule has {len(schedule)} milestones ({schedule}) but --step_factors has "
+            f"{len(factors)} ({factors}); give one factor per milestone"
+        )
+    if list(schedule) != sorted(schedule):
+        raise FlagError(f"--schedule must be ascending, got {schedule}")
+    if epochs < 1:
+        raise FlagError(f"--epochs must be >= 1, got {epochs}")
+    if args.batch_size < 1:
+        raise FlagError(f"--batch_size must be >= 1, got {args.batch_size}")
+    return epochs, list(schedule), list(factors)
+
+
+def experiment_name(args, method, epochs):
+    """The reference's folder name, built from the same flags."""
+    name = (f"{args.dataset}_arch_{args.arch}_train_{args.train or method}"
+            f"_m_alpha_{args.alpha if args.alpha is not None else PAPER_DEFAULTS[method].get('alpha', 0.0)}"
+            f"_eph_{epochs}_bs_{args.batch_size}_lr_{args.learning_rate}_mom_{args.momentum}"
+            f"_decay_{args.decay}_seed_{args.seed}")
+    if args.add_name:
+        name += f"_add_name_{args.add_name}"
+    if method in ("manifold_mixup", "dropblock") or method.endswith("_patchup"):
+        k = args.k if args.k is not None else PAPER_DEFAULTS[method]["k"]
+        name += f"_k_{k}"
+    if method == "dropblock":
+        name += f"_dropblock_all_{bool(args.drop_block_all)}"
+    if method.endswith("_patchup"):
+        name += f"_patchup_mode_{method.split('_')[0]}"
+        if args.gamma is not None:
+            name += f"_gamma_{args.gamma}"
+    if args.job_id:
+        name += f"_job_id_{args.job_id}"
+    return name
