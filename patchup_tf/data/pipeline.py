@@ -1,0 +1,456 @@
+"""Train/validation split, augmentation and tf.data pipelines.
+
+Follows the PatchUp reference (`data_loader.load_data_subset`): a per-class
+validation split of the official training set, random horizontal flip (CIFAR)
+and a random 32x32 crop of the image zero-padded by 2 pixels, then per-channel
+normalisation. Augmentation is whole-batch, from stateless random ops, so a
+seed reproduces every epoch; `train_epochs` makes epoch `e` a pure function
+of `(seed, e)` so that resumed runs see the same batches.
+"""
+
+import dataclasses
+import logging
+from typing import NamedTuple, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from patchup_tf.data.sources import (
+    MEAN_STD,
+    NUM_CLASSES,
+    DataError,
+    check_dataset_name,
+    load_raw,
+)
+
+logger = logging.getLogger(__name__)
+
+# (labels_per_class, valid_labels_per_class): the seed's flags; None means
+# every sample left after the validation split.
+DEFAULT_SPLIT = {
+    "cifar10": (5000, 500),
+    "cifar100": (500, 50),
+    "svhn": (7325, 733),
+    "digits": (None, 20),
+}
+
+# Training augmentation per data set: random horizontal flip, crop padding.
+AUGMENTATION = {
+    "cifar10": {"flip": True, "pad": 2},
+    "cifar100": {"flip": True, "pad": 2},
+    "svhn": {"flip": False, "pad": 2},
+    "digits": {"flip": False, "pad": 2},  # Digits are not mirror-symmetric.
+}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TrainSpec:
+    """What `train_epochs` needs to rebuild the training stream."""
+
+    x: np.ndarray = dataclasses.field(repr=False)
+    y: np.ndarray = dataclasses.field(repr=False)
+    num_classes: int
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    batch_size: int
+    seed: int
+    augment: bool
+    flip: bool
+    pad: int
+
+
+class Datasets(NamedTuple):
+    """The three pipelines of a data set and what a trainer needs to know.
+
+    `train` yields one epoch per iteration (reshuffled each time);
+    `train_epochs(datasets, first_epoch)` is the endless, resumable stream.
+    """
+
+    train: tf.data.Dataset
+    valid: tf.data.Dataset
+    test: tf.data.Dataset
+    num_classes: int
+    class_names: Tuple[str, ...]
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    train_size: int
+    valid_size: int
+    test_size: int
+    steps_per_epoch: int
+    train_spec: Optional[TrainSpec] = None
+
+
+def _check_int(value, name, minimum, allow_none=False):
+    if value is None and allow_none:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or value < minimum
+    ):
+        expected = f"an integer >= {minimum}" + (" or None" if allow_none else "")
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected {expected}. "
+            f"Received: {name}={value!r}"
+        )
+
+
+def split_per_class(x, y, labels_per_class, valid_labels_per_class, seed, num_classes):
+    """Splits a training set into training and validation parts per class.
+
+    All indices are shuffled once with `np.random.default_rng(seed)`; then,
+    for each class in that order, the first `valid_labels_per_class` samples
+    go to validation and the next `labels_per_class` to training, as far as
+    the class has samples. Outputs are grouped by class (ascending), in the
+    shuffled order within a class, as in the reference.
+
+    Args:
+        x: array of N samples (any trailing shape).
+        y: integer labels of shape (N,), in `[0, num_classes)`.
+        labels_per_class: training samples per class, or None for all the
+            samples a class has left after validation.
+        valid_labels_per_class: validation samples per class, at least 1.
+        seed: integer seed of the shuffle.
+        num_classes: number of classes.
+
+    Returns:
+        `(x_train, y_train, x_valid, y_valid)`.
+    """
+    _check_int(num_classes, "num_classes", 1)
+    _check_int(labels_per_class, "labels_per_class", 1, allow_none=True)
+    _check_int(seed, "seed", 0)
+    if (
+        isinstance(valid_labels_per_class, bool)
+        or not isinstance(valid_labels_per_class, (int, np.integer))
+        or valid_labels_per_class < 1
+    ):
+        raise ValueError(
+            "Invalid value received for argument `valid_labels_per_class`. "
+            "Expected an integer >= 1: a validation split is required (model "
+            "selection uses it). Received: "
+            f"valid_labels_per_class={valid_labels_per_class!r}"
+        )
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if y.ndim != 1 or x.shape[:1] != y.shape:
+        raise ValueError(
+            "Invalid value received for arguments `x` and `y`. Expected y of "
+            "shape (N,) and x with N samples. Received: "
+            f"x.shape={x.shape}, y.shape={y.shape}"
+        )
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(
+            "Invalid value received for argument `y`. Expected labels in "
+            f"[0, {num_classes}). Received: labels in [{y.min()}, {y.max()}]"
+        )
+    order = np.random.default_rng(seed).permutation(len(y))
+    y_order = y[order]
+    stop = None if labels_per_class is None else valid_labels_per_class + labels_per_class
+    train_idx, valid_idx = [], []
+    for c in range(num_classes):
+        idx = order[y_order == c]
+        valid_idx.append(idx[:valid_labels_per_class])
+        train_idx.append(idx[valid_labels_per_class:stop])
+    empty = [c for c in range(num_classes) if len(train_idx[c]) == 0]
+    if empty:
+        logger.warning(
+            "Classes %s have no training samples left after taking %d per "
+            "class for validation.",
+            empty,
+            valid_labels_per_class,
+        )
+    train_idx = np.concatenate(train_idx).astype(np.int64)
+    valid_idx = np.concatenate(valid_idx).astype(np.int64)
+    return x[train_idx], y[train_idx], x[valid_idx], y[valid_idx]
+
+
+def normalize(images, mean, std):
+    """Returns float32 `(images - mean) / std` (all in 0-255 pixel units).
+
+    Works on numpy arrays (returns numpy) and on tensors (returns a tensor).
+    """
+    mean = np.asarray(mean, np.float32)
+    std = np.asarray(std, np.float32)
+    if np.any(std <= 0):
+        raise ValueError(
+            "Invalid value received for argument `std`. Expected positive "
+            f"values. Received: std={std.tolist()}"
+        )
+    if tf.is_tensor(images):
+        return (tf.cast(images, tf.float32) - mean) / std
+    return (np.asarray(images, np.float32) - mean) / std
+
+
+def sample_augmentation(batch_size, seed, *, flip=True, pad=2):
+    """Draws the random parameters of a batch's augmentation.
+
+    Args:
+        batch_size: number of images (int or scalar tensor).
+        seed: stateless seed, an int tensor of shape (2,).
+        flip: whether to draw horizontal flips (each with probability 0.5).
+        pad: crop padding; offsets are uniform in `0..2 * pad`.
+
+    Returns:
+        A dict with `flip` (bool, (B,)), `offset_y` and `offset_x` (int32,
+        (B,)): the top-left corner of the crop in the padded image.
+    """
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
+    shape = tf.reshape(tf.cast(batch_size, tf.int32), [1])
+    if flip:
+        flips = tf.random.stateless_uniform(shape, seeds[0]) < 0.5
+    else:
+        flips = tf.zeros(shape, tf.bool)
+    offsets = [
+        tf.random.stateless_uniform(shape, s, 0, 2 * pad + 1, dtype=tf.int32)
+        for s in (seeds[1], seeds[2])
+    ]
+    return {"flip": flips, "offset_y": offsets[0], "offset_x": offsets[1]}
+
+
+def apply_augmentation(images, params, *, pad=2):
+    """Flips, zero-pads by `pad` and crops a batch as `params` says.
+
+    Args:
+        images: (B, H, W, C) tensor, raw pixels (padding adds zeros, i.e.
+            black, so call this before `normalize`).
+        params: a dict from `sample_augmentation`.
+        pad: the padding the offsets were drawn for.
+
+    Returns:
+        The (B, H, W, C) augmented batch, in the input dtype.
+    """
+    images = tf.convert_to_tensor(images)
+    images = tf.where(
+        params["flip"][:, None, None, None], tf.reverse(images, axis=[2]), images
+    )
+    if pad == 0:
+        return images
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    rows = params["offset_y"][:, None] + tf.range(height)[None, :]
+    cols = params["offset_x"][:, None] + tf.range(width)[None, :]
+    out = tf.gather(padded, rows, axis=1, batch_dims=1)
+    return tf.gather(out, cols, axis=2, batch_dims=1)
+
+
+def augment_batch(images, seed, *, flip=True, pad=2):
+    """Randomly flips (if `flip`) and pad-crops a batch with a stateless seed."""
+    params = sample_augmentation(tf.shape(images)[0], seed, flip=flip, pad=pad)
+    return apply_augmentation(images, params, pad=pad)
+
+
+def _options(ds):
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options)
+
+
+def make_train_dataset(
+    x, y, num_classes, *, mean, std, batch_size, seed=0, augment=True, flip=True, pad=2
+):
+    """Shuffled, augmented, normalised training batches of whole size.
+
+    The uint8 arrays are cached; each iteration (epoch) reshuffles them and
+    draws new augmentations, the same sequence of epochs for the same `seed`.
+
+    Returns:
+        A dataset of `(float32 (B, H, W, C) images, float32 (B, K) one-hot)`.
+    """
+    _check_int(batch_size, "batch_size", 1)
+    _check_int(seed, "seed", 0)
+    _check_int(pad, "pad", 0)
+    if len(y) < batch_size:
+        raise ValueError(
+            "Invalid value received for argument `batch_size`. Expected at most "
+            f"the training set size {len(y)} (batches drop the remainder). "
+            f"Received: batch_size={batch_size}"
+        )
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()
+    ds = ds.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    ds = tf.data.Dataset.zip((ds, seeds))
+
+    def transform(batch, batch_seed):
+        images, labels = batch
+        if augment:
+            images = augment_batch(images, batch_seed, flip=flip, pad=pad)
+        return normalize(images, mean, std), tf.one_hot(labels, num_classes)
+
+    ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
+    return _options(ds.prefetch(tf.data.AUTOTUNE))
+
+
+def make_eval_dataset(x, y, num_classes, *, mean, std, batch_size):
+    """Unshuffled, unaugmented, normalised batches (the last may be smaller).
+
+    Returns:
+        A dataset of `(float32 (B, H, W, C) images, float32 (B, K) one-hot)`.
+    """
+    _check_int(batch_size, "batch_size", 1)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()
+    ds = ds.batch(batch_size, drop_remainder=False)
+    ds = ds.map(
+        lambda images, labels: (
+            normalize(images, mean, std),
+            tf.one_hot(labels, num_classes),
+        ),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    return _options(ds.prefetch(tf.data.AUTOTUNE))
+
+
+def train_epochs(datasets, first_epoch=0):
+    """An endless stream of training epochs, starting at `first_epoch`.
+
+    Epoch `e` is a pure function of `(seed, e)`: its order is a stateless
+    shuffle and its crops and flips come from stateless ops seeded by
+    `(seed, e, batch index)`. A run resumed with `first_epoch=k` therefore
+    sees exactly the batches an uninterrupted run saw from epoch `k` on. Use
+    it with `model.fit(..., steps_per_epoch=datasets.steps_per_epoch,
+    initial_epoch=k)`. (Its epochs are not those of `datasets.train`, whose
+    per-iteration reshuffle cannot be fast-forwarded.)
+
+    Args:
+        datasets: a `Datasets` from `make_datasets`.
+        first_epoch: 0-based index of the first epoch to yield.
+
+    Returns:
+        A dataset of `(float32 images, float32 one-hot targets)` batches,
+        `datasets.steps_per_epoch` of them per epoch, with no end.
+    """
+    spec = getattr(datasets, "train_spec", None)
+    if not isinstance(spec, TrainSpec):
+        raise ValueError(
+            "Invalid value received for argument `datasets`. Expected the "
+            f"`Datasets` returned by `make_datasets`. Received: {type(datasets)}"
+        )
+    _check_int(first_epoch, "first_epoch", 0)
+    x = tf.constant(spec.x)
+    y = tf.constant(spec.y)
+    steps = len(spec.y) // spec.batch_size
+    base = tf.constant([spec.seed, 0], tf.int64)
+    fold_in = tf.random.experimental.stateless_fold_in
+
+    def epoch_batches(epoch):
+        key = fold_in(fold_in(base, 0), epoch)
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(len(spec.y), dtype=tf.int64), seed=key
+        )
+        indices = tf.reshape(order[: steps * spec.batch_size], [steps, spec.batch_size])
+        positions = tf.range(steps, dtype=tf.int64)
+        return tf.data.Dataset.from_tensor_slices(
+            (indices, tf.fill([steps], epoch), positions)
+        )
+
+    def transform(indices, epoch, position):
+        images = tf.gather(x, indices)
+        if spec.augment:
+            batch_seed = fold_in(fold_in(fold_in(base, 1), epoch), position)
+            images = augment_batch(images, batch_seed, flip=spec.flip, pad=spec.pad)
+        targets = tf.one_hot(tf.gather(y, indices), spec.num_classes)
+        return normalize(images, spec.mean, spec.std), targets
+
+    ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max)
+    ds = ds.flat_map(epoch_batches)
+    ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
+    return _options(ds.prefetch(tf.data.AUTOTUNE))
+
+
+def make_datasets(
+    name,
+    data_dir=None,
+    *,
+    batch_size=100,
+    labels_per_class=None,
+    valid_labels_per_class=None,
+    seed=0,
+    augment=True,
+    eval_batch_size=None,
+    download=False,
+):
+    """Builds the training, validation and test pipelines of a data set.
+
+    Args:
+        name: one of `DATASETS`.
+        data_dir: where `load_raw` looks for the data.
+        batch_size: training batch size (the remainder is dropped).
+        labels_per_class: training samples per class; None means the seed's
+            flag (`DEFAULT_SPLIT`).
+        valid_labels_per_class: validation samples per class (>= 1); None
+            means the seed's flag.
+        seed: integer seed of the split, the shuffle and the augmentation.
+        augment: whether to augment training batches (`AUGMENTATION`).
+        eval_batch_size: validation/test batch size; None means `batch_size`.
+        download: passed to `load_raw` (TFDS download if nothing is local).
+
+    Returns:
+        A `Datasets`.
+    """
+    check_dataset_name(name)
+    _check_int(batch_size, "batch_size", 1)
+    _check_int(eval_batch_size, "eval_batch_size", 1, allow_none=True)
+    _check_int(seed, "seed", 0)
+    default_train, default_valid = DEFAULT_SPLIT[name]
+    if labels_per_class is None:
+        labels_per_class = default_train
+    if valid_labels_per_class is None:
+        valid_labels_per_class = default_valid
+    num_classes = NUM_CLASSES[name]
+    mean, std = MEAN_STD[name]
+
+    raw = load_raw(name, data_dir, download=download)
+    x_train, y_train, x_valid, y_valid = split_per_class(
+        raw.x_train, raw.y_train, labels_per_class, valid_labels_per_class, seed, num_classes
+    )
+    if len(y_train) < batch_size:
+        raise DataError(
+            f"The {name} training split holds {len(y_train)} images, fewer than "
+            f"one batch of {batch_size}; lower `batch_size` or raise "
+            "`labels_per_class`."
+        )
+    aug = AUGMENTATION[name]
+    train = make_train_dataset(
+        x_train,
+        y_train,
+        num_classes,
+        mean=mean,
+        std=std,
+        batch_size=batch_size,
+        seed=seed,
+        augment=augment,
+        flip=aug["flip"],
+        pad=aug["pad"],
+    )
+    eval_batch_size = eval_batch_size or batch_size
+    valid = make_eval_dataset(
+        x_valid, y_valid, num_classes, mean=mean, std=std, batch_size=eval_batch_size
+    )
+    test = make_eval_dataset(
+        raw.x_test, raw.y_test, num_classes, mean=mean, std=std, batch_size=eval_batch_size
+    )
+    return Datasets(
+        train=train,
+        valid=valid,
+        test=test,
+        num_classes=num_classes,
+        class_names=tuple(raw.class_names),
+        mean=tuple(mean),
+        std=tuple(std),
+        train_size=len(y_train),
+        valid_size=len(y_valid),
+        test_size=len(raw.y_test),
+        steps_per_epoch=len(y_train) // batch_size,
+        train_spec=TrainSpec(
+            x=x_train,
+            y=y_train,
+            num_classes=num_classes,
+            mean=tuple(mean),
+            std=tuple(std),
+            batch_size=batch_size,
+            seed=seed,
+            augment=augment,
+            flip=aug["flip"],
+            pad=aug["pad"],
+        ),
+    )
