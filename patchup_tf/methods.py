@@ -9,6 +9,7 @@ layers share one plan, so every position sees the same draw.
 """
 
 import collections
+import math
 import numbers
 
 import tensorflow as tf
@@ -99,8 +100,8 @@ class Method:
             low = 1 if self.name == "dropblock" else 0
             if not _is_int(o["k"]) or not low <= o["k"] <= NUM_POSITIONS - 1:
                 raise _invalid("k", f"an int in {low}..{NUM_POSITIONS - 1}", o["k"])
-        if "alpha" in o and not _is_real(o["alpha"]):
-            raise _invalid("alpha", "a float (<= 0 disables mixing)", o["alpha"])
+        if "alpha" in o and not (_is_real(o["alpha"]) and math.isfinite(o["alpha"])):
+            raise _invalid("alpha", "a finite float (<= 0 disables mixing)", o["alpha"])
         if "patchup" in self.name and not (_is_real(o["alpha"]) and o["alpha"] > 0):
             raise _invalid("alpha", "a float > 0 for PatchUp", o["alpha"])
         for key in ("gamma", "keep_prob"):
@@ -116,8 +117,11 @@ class Method:
         if "dropblock_all" in o and not isinstance(o["dropblock_all"], bool):
             raise _invalid("dropblock_all", "True or False", o["dropblock_all"])
         if "loss_params" in o:
-            lp = tuple(o["loss_params"])
-            if len(lp) != 2 or not all(_is_real(v) for v in lp):
+            try:
+                lp = tuple(o["loss_params"])
+            except TypeError:
+                lp = (o["loss_params"],)
+            if len(lp) != 2 or not all(_is_real(v) and math.isfinite(v) for v in lp):
                 raise _invalid("loss_params", "two floats (alpha, beta)", lp)
             o["loss_params"] = tuple(float(v) for v in lp)
 
@@ -146,7 +150,7 @@ class Method:
         s_apply, s_pos, s_lam, s_perm, s_mix, s_lam0 = mixing.split_seed(seed, 6)
         name, o = self.name, self.options
         prob = o.get("patchup_prob", o.get("cutmix_prob", 1.0))
-        apply = tf.random.stateless_uniform([], s_apply) < prob
+        apply = mixing._uniform([], s_apply) < prob
         positions = tf.range(NUM_POSITIONS)
         if name == "vanilla":
             active = tf.zeros([NUM_POSITIONS], tf.bool)

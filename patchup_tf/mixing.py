@@ -16,6 +16,7 @@ PyTorch reference https://github.com/chandar-lab/PatchUp):
 """
 
 import collections
+import math
 import numbers
 
 import tensorflow as tf
@@ -46,7 +47,12 @@ def _invalid(name, expected, value):
 
 
 def as_seed(seed):
-    """Returns `seed` (a Python int or a shape-[2] integer tensor) as int32[2]."""
+    """Returns `seed` (a Python int or a shape-[2] integer tensor) as int32[2].
+
+    Both entries are made non-negative (sign bit cleared): TF's stateless
+    kernels sign-extend an int32 seed while their XLA kernels zero-extend
+    it, so a negative entry would draw differently under `jit_compile`.
+    """
     if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
         return tf.constant([int(seed) % (2**31), 0], tf.int32)
     if seed is None or isinstance(seed, (bool, float, str)):
@@ -56,13 +62,19 @@ def as_seed(seed):
         raise _invalid(
             "seed", "a Python int or a shape-[2] integer tensor", seed
         )
-    return tf.cast(seed, tf.int32)
+    return _non_negative(tf.cast(seed, tf.int32))
+
+
+def _non_negative(seed):
+    return tf.bitwise.bitwise_and(seed, tf.constant(0x7FFFFFFF, seed.dtype))
 
 
 def split_seed(seed, num):
-    """Returns `num` independent int32[2] seeds derived from `seed`."""
+    """Returns `num` independent int32[2] seeds (non-negative) derived from `seed`."""
     return tf.unstack(
-        tf.random.experimental.stateless_split(as_seed(seed), num=num)
+        _non_negative(
+            tf.random.experimental.stateless_split(as_seed(seed), num=num)
+        )
     )
 
 
@@ -98,15 +110,20 @@ def _check_targets(targets, features):
 
 
 def _check_prob(name, value, allow_zero=False):
+    interval = "[0, 1]" if allow_zero else "(0, 1]"
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise _invalid(name, f"a float in {interval}", value)
     lower_ok = value >= 0 if allow_zero else value > 0
-    if (
-        not isinstance(value, numbers.Real)
-        or isinstance(value, bool)
-        or not (lower_ok and value <= 1)
-    ):
-        interval = "[0, 1]" if allow_zero else "(0, 1]"
+    if not (lower_ok and value <= 1):
         raise _invalid(name, f"a float in {interval}", value)
     return float(value)
+
+
+def _check_lam(lam):
+    """A Python-number `lam` must lie in [0, 1]; tensors pass unchecked."""
+    if isinstance(lam, (numbers.Real, bool)):
+        _check_prob("lam", lam, allow_zero=True)
+    return lam
 
 
 def _check_block(block_size, height, width):
@@ -134,8 +151,12 @@ def beta(alpha, seed, shape=()):
     `alpha <= 0` means no mixing: every draw is 1.0 (the reference's
     `get_lambda`). Returns float32.
     """
-    if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool):
-        raise _invalid("alpha", "a float (<= 0 disables mixing)", alpha)
+    if (
+        not isinstance(alpha, numbers.Real)
+        or isinstance(alpha, bool)
+        or not math.isfinite(alpha)
+    ):
+        raise _invalid("alpha", "a finite float (<= 0 disables mixing)", alpha)
     shape = tuple(shape)
     if alpha <= 0:
         return tf.ones(shape, tf.float32)
@@ -146,9 +167,23 @@ def beta(alpha, seed, shape=()):
     return tf.math.divide_no_nan(g1, g1 + g2)
 
 
+def _uniform(shape, seed):
+    """Stateless float32 draws in [0, 1), the same with and without XLA.
+
+    `tf.random.stateless_uniform` for floats converts its random bits
+    differently in the XLA kernel than in the TF kernel, so a compiled step
+    would draw other masks than an eager one from the same seed; the uint32
+    bits agree, so the floats are formed from their top 24 bits here.
+    """
+    bits = tf.random.stateless_uniform(
+        shape, as_seed(seed), minval=None, maxval=None, dtype=tf.uint32
+    )
+    return tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (2.0**-24)
+
+
 def permutation(n, seed):
     """A uniformly random permutation of `0..n-1` (int32), from `seed`."""
-    keys = tf.random.stateless_uniform([n], as_seed(seed))
+    keys = _uniform([n], seed)
     return tf.argsort(keys, stable=True)
 
 
@@ -164,7 +199,7 @@ def mixup(features, targets, *, lam, perm):
     """
     features = _check_features(features)
     targets = _check_targets(targets, features)
-    lam = tf.cast(lam, tf.float32)
+    lam = tf.cast(_check_lam(lam), tf.float32)
     lam_x = tf.cast(lam, features.dtype)
     mixed = lam_x * features + (1 - lam_x) * tf.gather(features, perm)
     y_a, y_b, y_mix = _mix_targets(targets, perm, lam)
@@ -177,9 +212,11 @@ def cutmix_box(height, width, lam, seed):
     `cut = floor(side * sqrt(1 - lam))`, centre uniform over the pixels,
     `[c - cut//2, c + cut//2)` clipped to the image.
     """
-    ratio = tf.sqrt(1.0 - tf.cast(lam, tf.float32))
-    cut_h = tf.cast(tf.floor(tf.cast(height, tf.float32) * ratio), tf.int32)
-    cut_w = tf.cast(tf.floor(tf.cast(width, tf.float32) * ratio), tf.int32)
+    # float64, as the reference's NumPy: in float32 `side * ratio` can fall
+    # just below an integer that float64 reaches, and the cut loses a pixel.
+    ratio = tf.sqrt(1.0 - tf.cast(tf.cast(lam, tf.float32), tf.float64))
+    cut_h = tf.cast(tf.floor(tf.cast(height, tf.float64) * ratio), tf.int32)
+    cut_w = tf.cast(tf.floor(tf.cast(width, tf.float64) * ratio), tf.int32)
     s_y, s_x = split_seed(seed, 2)
     cy = tf.random.stateless_uniform([], s_y, 0, height, dtype=tf.int32)
     cx = tf.random.stateless_uniform([], s_x, 0, width, dtype=tf.int32)
@@ -207,13 +244,16 @@ def cutmix(images, targets, *, lam, perm, seed):
     """
     images = _check_features(images, "images")
     targets = _check_targets(targets, images)
+    _check_lam(lam)
     shape = tf.shape(images)
     height, width = shape[1], shape[2]
     y1, y2, x1, x2 = cutmix_box(height, width, lam, seed)
     box = _box_mask(height, width, y1, y2, x1, x2)[None, :, :, None]
     mixed = tf.where(box, tf.gather(images, perm), images)
-    area = tf.cast((y2 - y1) * (x2 - x1), tf.float32)
-    u = 1.0 - area / tf.cast(height * width, tf.float32)
+    # In float64: graph mode may turn a float32 division by the (constant)
+    # H W into a multiplication by its reciprocal, one ulp off the eager value.
+    area = tf.cast((y2 - y1) * (x2 - x1), tf.float64)
+    u = tf.cast(1.0 - area / tf.cast(height * width, tf.float64), tf.float32)
     y_a, y_b, y_mix = _mix_targets(targets, perm, u)
     return MixResult(mixed, y_a, y_b, y_mix, u, None)
 
@@ -267,9 +307,7 @@ def block_holes(shape, rate, block_size, seed):
     `shape` is `(N, H, W, C)`; each seed becomes the square centred on it
     (`max_pool(size b, stride 1, same padding)`).
     """
-    seeds = tf.cast(
-        tf.random.stateless_uniform(shape, as_seed(seed)) < rate, tf.float32
-    )
+    seeds = tf.cast(_uniform(shape, seed) < rate, tf.float32)
     return tf.nn.max_pool2d(seeds, block_size, 1, "SAME")
 
 
@@ -318,13 +356,16 @@ def patchup(features, targets, *, mode, gamma, block_size, lam, perm, seed):
     features = _check_features(features)
     targets = _check_targets(targets, features)
     gamma = _check_prob("gamma", gamma)
+    _check_lam(lam)
     height, width = _static_hw(features)
     block_size = _check_block(block_size, height, width)
     channels = features.shape[3]
     rate = adjusted_gamma(gamma, block_size, height, width)
     holes = block_holes([1, height, width, channels], rate, block_size, seed)[0]
-    q = tf.reduce_mean(holes)
-    u = 1.0 - q
+    # In float64, as CutMix's `u`, so that eager, graph and XLA agree exactly.
+    q64 = tf.reduce_sum(tf.cast(holes, tf.float64)) / float(height * width * channels)
+    q = tf.cast(q64, tf.float32)
+    u = tf.cast(1.0 - q64, tf.float32)
     partner = tf.gather(features, perm)
     y_shuffled = tf.gather(targets, perm)
     if mode == "hard":
@@ -363,7 +404,10 @@ def bce_on_softmax(logits, targets):
     logits = tf.cast(logits, tf.float32)
     targets = tf.cast(targets, tf.float32)
     p = tf.nn.softmax(logits, axis=-1)
-    log_p = _clamped_log(p)
+    # log p from log_softmax: TF flushes float32 denormals to zero, so
+    # log(softmax) would clamp at -100 where torch's log(p) still reads
+    # -87 .. -103; 1 - p stays the float32 difference, as in the reference.
+    log_p = tf.maximum(tf.nn.log_softmax(logits, axis=-1), -100.0)
     log_1mp = _clamped_log(1.0 - p)
     return -tf.reduce_mean(targets * log_p + (1.0 - targets) * log_1mp)
 

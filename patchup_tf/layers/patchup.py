@@ -39,7 +39,11 @@ class PatchUp(keras.layers.Layer):
         self.mode = mode
         self.gamma = mixing._check_prob("gamma", gamma)
         self.block_size = None if block_size is None else mixing._check_block(block_size, None, None)
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
+        if (
+            isinstance(alpha, bool)
+            or not isinstance(alpha, (int, float))
+            or not 0 < alpha < float("inf")
+        ):
             raise mixing._invalid("alpha", "a float > 0", alpha)
         self.alpha = float(alpha)
         self.seed = seed
@@ -53,8 +57,10 @@ class PatchUp(keras.layers.Layer):
         s_lam, s_perm, s_mask = mixing.split_seed(
             tf.cast(self.seed_generator.next(), tf.int32), 3
         )
-        width = features.shape[2]
-        block = self.block_size or mixing.patchup_block_size(width)
+        # the smaller side, as `Method.mix`: a non-square map gets a block it can hold
+        features = mixing._check_features(features)
+        height, width = mixing._static_hw(features)
+        block = self.block_size or mixing.patchup_block_size(min(height, width))
         result = mixing.patchup(
             features, targets, mode=self.mode, gamma=self.gamma, block_size=block,
             lam=mixing.beta(self.alpha, s_lam),
