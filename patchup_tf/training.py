@@ -128,7 +128,15 @@ class MixingModel(keras.Model):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         self._check_images(x)
         targets = self._one_hot(y)
+        # The plan is drawn outside XLA: TF's Gamma sampler has no XLA kernel.
         plan = self.draw_plan(x)
+        loss, logits = self._compute_step(x, targets, plan)
+        self.loss_tracker.update_state(loss)
+        self.accuracy_tracker.update_state(targets, logits)
+        return {m.name: m.result() for m in self.metrics}
+
+    def _apply_gradients(self, x, targets, plan):
+        """Forward, loss, backward and update for one planned batch."""
         with tf.GradientTape() as tape:
             logits, state = self.mixed_forward(x, targets, plan)
             loss = self.method.loss(logits, targets, state, plan)
@@ -137,9 +145,16 @@ class MixingModel(keras.Model):
             scaled = self.optimizer.scale_loss(loss / replicas)
         grads = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)
-        self.loss_tracker.update_state(loss)
-        self.accuracy_tracker.update_state(targets, logits)
-        return {m.name: m.result() for m in self.metrics}
+        return loss, logits
+
+    @property
+    def _compute_step(self):
+        if getattr(self, "_xla_step", None) is None:
+            self._xla_step = (
+                tf.function(self._apply_gradients, jit_compile=True)
+                if getattr(self, "_mixing_jit", False) else self._apply_gradients
+            )
+        return self._xla_step
 
     def test_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -150,24 +165,46 @@ class MixingModel(keras.Model):
         self.accuracy_tracker.update_state(targets, logits)
         return {m.name: m.result() for m in self.metrics}
 
-    def compile(self, optimizer="rmsprop", **kwargs):
+    def compile(self, optimizer="rmsprop", jit_compile="auto", **kwargs):
+        """As `keras.Model.compile`, without `loss` (the method forms it).
+
+        `jit_compile=True` compiles each step's forward, backward and update
+        with XLA; the plan is drawn outside XLA, which has no kernel for its
+        Beta draws (StatelessRandomGamma). `"auto"` is XLA on GPUs only.
+        """
         if kwargs.get("loss") is not None:
             raise ValueError(
                 "MixingModel forms its own loss (the method's, `loss='bce'` or "
                 "'ce' in method_options); compile it without `loss`. "
                 f"Received: loss={kwargs['loss']!r}"
             )
-        super().compile(optimizer=optimizer, **kwargs)
+        super().compile(optimizer=optimizer, jit_compile=False, **kwargs)
+        if jit_compile == "auto":
+            jit_compile = self._resolve_auto_jit_compile()
+        self._mixing_jit = bool(jit_compile)
+        self._xla_step = None
+        if self.built:
+            # Created now, the optimizer's variables do not make the first
+            # step trace twice.
+            self.optimizer.build(self.trainable_variables)
 
     def get_compile_config(self):
         return super().get_compile_config()
 
     def compile_from_config(self, config):
-        return super().compile_from_config(config)
+        # Keras' version skips models that override `compile` (with a
+        # warning), so a loaded `.keras` file would lose its optimizer and
+        # optimizer state (and `iterations`, which seeds the plans).
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
 
     def inference_model(self):
         """A plain `keras.Model` over the same layers (shares the weights)."""
-        return keras.Model(self.inputs, self.outputs, name=f"{self.name}_inference")
+        # `input`/`output` keep the model's own structure (a lone tensor, not
+        # `[tensor]`), so calling the copy on a tensor raises no warning.
+        return keras.Model(self.input, self.output, name=f"{self.name}_inference")
 
     def get_config(self):
         return {

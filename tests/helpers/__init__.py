@@ -1,0 +1,1 @@
+"""Helpers shared by the training-engine tests (tiny models, subprocess scripts)."""
