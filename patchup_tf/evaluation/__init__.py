@@ -15,20 +15,34 @@ from patchup_tf.evaluation.affine import (
 )
 from patchup_tf.evaluation.fgsm import DEFAULT_EPS, fgsm, fgsm_sweep
 from patchup_tf.evaluation.metrics import evaluate_classifier
+from patchup_tf.evaluation.report import (
+    EvaluationError,
+    LoadedModel,
+    SavedModelClassifier,
+    evaluate_model,
+    format_results,
+    load_model,
+)
 
 __all__ = [
     "AFFINE_SETS",
     "AffineSpec",
     "DEFAULT_EPS",
+    "EvaluationError",
+    "LoadedModel",
+    "SavedModelClassifier",
     "affine_matrix",
     "apply_affine",
     "describe_affine_set",
     "draw_affine_params",
     "evaluate_affine_sets",
     "evaluate_classifier",
+    "evaluate_model",
     "fgsm",
     "fgsm_sweep",
+    "format_results",
     "load_affine_set",
+    "load_model",
     "make_affine_set",
     "make_all_affine_sets",
     "save_affine_set",

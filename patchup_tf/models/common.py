@@ -17,8 +17,13 @@ def torch_uniform(fan_in):
     return keras.initializers.RandomUniform(-bound, bound)
 
 
-# PyTorch's kaiming_uniform(a=sqrt(5)) on weights is U(+-1/sqrt(fan_in)) too.
-TORCH_KERNEL = keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
+def torch_kernel():
+    """PyTorch's `kaiming_uniform(a=sqrt(5))`: `U(+-1/sqrt(fan_in))` too.
+
+    A new initializer per layer: one unseeded Keras initializer draws its seed
+    once, so sharing it would give every same-shape kernel the same values.
+    """
+    return keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 def conv(x, filters, kernel, stride, use_bias, name):
@@ -30,7 +35,7 @@ def conv(x, filters, kernel, stride, use_bias, name):
         padding = "valid"
     return layers.Conv2D(
         filters, kernel, strides=stride, padding=padding, use_bias=use_bias,
-        kernel_initializer=TORCH_KERNEL,
+        kernel_initializer=torch_kernel(),
         bias_initializer=torch_uniform(fan_in) if use_bias else "zeros",
         name=name,
     )(x)
@@ -44,7 +49,7 @@ def bn_relu(x, name, momentum=BN_MOMENTUM):
 def dense(x, units, name):
     fan_in = x.shape[-1]
     return layers.Dense(
-        units, kernel_initializer=TORCH_KERNEL, bias_initializer=torch_uniform(fan_in),
+        units, kernel_initializer=torch_kernel(), bias_initializer=torch_uniform(fan_in),
         name=name,
     )(x)
 

@@ -282,3 +282,16 @@ def test_build_passes_method_and_options():
     assert model.method.gamma == 0.25 and model.method.k == 3
     assert model.method.patchup_prob == 0.7  # the paper's hard PatchUp setting
     assert model.seed == 7
+
+
+def test_same_shape_kernels_are_drawn_independently():
+    """Every conv gets its own initializer: same-shape kernels must differ."""
+    import numpy as np
+    from patchup_tf.models import build
+
+    model = build("wrn28_2", 10)
+    kernels = [w.numpy() for w in model.trainable_weights if w.path.endswith("kernel") and w.shape == (3, 3, 32, 32)]
+    assert len(kernels) >= 3
+    for i in range(len(kernels)):
+        for j in range(i + 1, len(kernels)):
+            assert not np.array_equal(kernels[i], kernels[j])
