@@ -28,11 +28,27 @@ import shutil
 import sys
 import tempfile
 import time
+import zipfile
 
-import keras
 import numpy as np
 
 from patchup_tf import flags as flags_lib
+
+
+class _LazyModule:
+    """`keras`, imported on first use: a bad command line is answered (exit 2)
+    before TensorFlow loads, which takes ~10 s."""
+
+    def __init__(self, name):
+        self._name = name
+
+    def __getattr__(self, attr):
+        import importlib
+
+        return getattr(importlib.import_module(self._name), attr)
+
+
+keras = _LazyModule("keras")
 
 EXIT_BAD_INPUT = 2
 EXIT_NAN = 3
@@ -44,12 +60,29 @@ LOG_FIELDS = (
 
 
 # ------------------------------------------------------------------ files
+TMP_PREFIX = ".tmp-"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def remove_stale_temporaries(directory):
+    """Deletes the temporary files a killed run left behind in `directory`."""
+    for name in os.listdir(directory):
+        if name.startswith(TMP_PREFIX):
+            path = os.path.join(directory, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
+
+
 def atomic_write(path, write_fn, suffix=""):
     """Calls `write_fn(tmp_path)` then renames the result onto `path`."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix, dir=directory)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide the logs from others
         write_fn(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -116,10 +149,11 @@ def save_keras(path, model):
 def export_saved_model(path, model):
     """`model.export` into a temporary folder, then renamed onto `path`."""
     parent = os.path.dirname(os.path.abspath(path))
-    tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
+    tmp = tempfile.mkdtemp(prefix=TMP_PREFIX + "export-", dir=parent)
     try:
         model.export(os.path.join(tmp, "m"), verbose=False)
         old = path + ".old"
+        shutil.rmtree(old, ignore_errors=True)  # left by a run killed right here
         if os.path.exists(path):
             os.replace(path, old)
         os.replace(os.path.join(tmp, "m"), path)
@@ -180,15 +214,20 @@ def resolve(argv):
         method = flags_lib.resolve_method(args)
         epochs, schedule, factors = flags_lib.resolve_schedule(args)
         options = flags_lib.method_options(args, method)
-        from patchup_tf.methods import Method
+        flags_lib.check_values(args, method, options)  # fast: no TensorFlow yet
+        if args.affine_test and not args.affine_path:
+            raise flags_lib.FlagError("--affine_test needs --affine_path DIR "
+                                      "(made by scripts/make_affine_sets.py)")
+        name = flags_lib.experiment_name(args, method, epochs)
+        if len(name.encode()) > 255:
+            raise flags_lib.FlagError(
+                f"the experiment folder name would be {len(name.encode())} bytes long, more "
+                "than file systems allow (255); shorten --add_name or --job_id")
+        from patchup_tf.methods import Method  # loads TensorFlow
 
         Method(method, **options)
     except ValueError as e:
         parser.exit(EXIT_BAD_INPUT, f"error: {e}\n")
-    if args.affine_test and not args.affine_path:
-        parser.exit(EXIT_BAD_INPUT, "error: --affine_test needs --affine_path DIR "
-                    "(made by scripts/make_affine_sets.py)\n")
-    name = flags_lib.experiment_name(args, method, epochs)
     config = {
         "flags": vars(args), "method": method, "method_options": options,
         "epochs": epochs, "schedule": schedule, "step_factors": factors,
@@ -207,6 +246,8 @@ def run(argv=None):
     from patchup_tf import data as data_lib
     from patchup_tf.evaluation import evaluate_classifier
 
+    # First: MultiWorkerMirroredStrategy must configure the runtime before any op runs.
+    strategy = make_strategy(args.strategy)
     keras.utils.set_random_seed(args.seed)
     try:
         datasets = data_lib.make_datasets(
@@ -219,27 +260,34 @@ def run(argv=None):
     affine_sets = _find_affine_sets(args) if args.affine_test else []
 
     keras.mixed_precision.set_global_policy(config["precision"])
-    strategy = make_strategy(args.strategy)
     exp_dir = config["experiment_dir"]
     chief = is_chief()
-    os.makedirs(exp_dir, exist_ok=True)
+    state_path = os.path.join(exp_dir, "state.npz")
+    if os.path.exists(state_path):
+        _check_same_run(exp_dir, config)
+    try:
+        os.makedirs(exp_dir, exist_ok=True)
+    except OSError as e:  # unwritable --root_dir, a name too long for the file system
+        fail(f"cannot create the experiment folder {exp_dir}: {e.strerror or e}")
+    if chief:
+        remove_stale_temporaries(exp_dir)
     with strategy.scope():
         model = _build_model(args, config, datasets.num_classes)
-    state_path = os.path.join(exp_dir, "state.npz")
     meta = {"epoch": -1, "best_valid_top1": -math.inf, "best_epoch": None, "history": []}
     if os.path.exists(state_path):
         try:
             meta = load_state(state_path, model)
-        except (ValueError, OSError, KeyError) as e:
+        except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as e:
             fail(f"cannot resume from {state_path}: {e}")
         print(f"resuming {exp_dir} after epoch {meta['epoch']}")
     elif chief:
         write_json(os.path.join(exp_dir, "flags.json"), config)
         write_text(os.path.join(exp_dir, "log.txt"), json.dumps(config["flags"], sort_keys=True) + "\n")
 
-    logger = EpochLogger(model, datasets, config, exp_dir, meta, evaluate_classifier, chief)
+    logger = _epoch_logger_class()(model, datasets, config, exp_dir, meta, evaluate_classifier,
+                                   chief)
     if meta["epoch"] + 1 < config["epochs"]:
-        train_ds = datasets.train.repeat()  # TEMP
+        train_ds = data_lib.train_epochs(datasets, first_epoch=meta["epoch"] + 1)
         from patchup_tf.training import step_lr
 
         lr_at = step_lr(args.learning_rate, config["schedule"], config["step_factors"])
@@ -249,18 +297,60 @@ def run(argv=None):
             keras.callbacks.TensorBoard(os.path.join(exp_dir, "tensorboard"), write_graph=False)
             if chief else keras.callbacks.Callback(),
         ]
-        model.fit(
-            train_ds, epochs=config["epochs"], initial_epoch=meta["epoch"] + 1,
-            steps_per_epoch=datasets.steps_per_epoch, callbacks=callbacks,
-            verbose=args.verbose,
-        )
+        if args.strategy == "multi_worker":  # fit fails there (keras-team/keras#20585)
+            from patchup_tf.distributed import train_loop
+
+            train_loop(model, train_ds, epochs=config["epochs"], initial_epoch=meta["epoch"] + 1,
+                       steps_per_epoch=datasets.steps_per_epoch, lr_at=lr_at,
+                       callbacks=callbacks, strategy=strategy,
+                       verbose=args.verbose if chief else 0)
+        else:
+            model.fit(
+                train_ds, epochs=config["epochs"], initial_epoch=meta["epoch"] + 1,
+                steps_per_epoch=datasets.steps_per_epoch, callbacks=callbacks,
+                verbose=args.verbose, shuffle=False,  # the stream is shuffled (and resumable)
+            )
         if logger.nan_at is not None:
+            done = logger.meta["epoch"]
+            kept = (f"the last good checkpoint, {state_path} (after epoch {done}), is kept"
+                    if done >= 0 else "no epoch completed, so no checkpoint was written")
             fail(f"the training loss became NaN at epoch {logger.nan_at[0]}, step "
-                 f"{logger.nan_at[1]}; stopped. The last good checkpoint is {state_path} "
-                 f"(epoch {logger.meta['epoch']}); lower --learning_rate and rerun.", EXIT_NAN)
+                 f"{logger.nan_at[1]}; stopped; {kept}. Lower --learning_rate.", EXIT_NAN)
     report = _final_report(args, config, model, datasets, exp_dir, logger.meta,
                            evaluate_classifier, affine_sets, chief)
     return report
+
+
+# What must match for a folder's state.npz to be resumed by this command (the
+# folder name leaves out e.g. --labels_per_class).
+_RUN_KEYS = ("method", "epochs", "schedule", "step_factors")
+_RUN_FLAGS = ("dataset", "arch", "labels_per_class", "valid_labels_per_class", "batch_size",
+              "learning_rate", "momentum", "decay", "seed")
+
+
+def _check_same_run(exp_dir, config):
+    """Exits 2 if `exp_dir` holds a run made with other settings than `config`."""
+    try:
+        with open(os.path.join(exp_dir, "flags.json")) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return  # Older or foreign folder: load_state's own checks apply.
+    now = json.loads(json.dumps(config, default=_jsonable))
+    differ = [k for k in _RUN_KEYS if saved.get(k) != now.get(k)]
+
+    def options(c):  # unset options are the paper's
+        resolved = {**flags_lib.PAPER_DEFAULTS.get(c.get("method"), {}),
+                    **(c.get("method_options") or {})}
+        return json.loads(json.dumps(resolved, default=_jsonable))
+
+    if options(saved) != options(now):
+        differ.append("method options")
+    differ += [f"--{k}" for k in _RUN_FLAGS
+               if saved.get("flags", {}).get(k) != now["flags"].get(k)]
+    if differ:
+        fail(f"{exp_dir} holds a run with other settings ({', '.join(differ)} differ); "
+             "resume it with its own command (see its flags.json) or start a new one with "
+             "another --job_id, --add_name or --root_dir")
 
 
 def _build_model(args, config, num_classes):
@@ -291,7 +381,23 @@ def _find_affine_sets(args):
     return paths
 
 
-class EpochLogger(keras.callbacks.Callback):
+def _epoch_logger_class():
+    """`EpochLogger`, made on first use (its base class needs Keras)."""
+    cls = globals().get("EpochLogger")
+    if cls is None:
+        cls = type("EpochLogger", (_EpochLoggerBody, keras.callbacks.Callback),
+                   {"__doc__": _EpochLoggerBody.__doc__, "__module__": __name__})
+        globals()["EpochLogger"] = cls
+    return cls
+
+
+def __getattr__(name):  # `from patchup_tf.experiment import EpochLogger`
+    if name == "EpochLogger":
+        return _epoch_logger_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _EpochLoggerBody:
     """Per-epoch evaluation, logs, best and resume checkpoints, NaN guard."""
 
     def __init__(self, model, datasets, config, exp_dir, meta, evaluate, chief):
