@@ -6,8 +6,28 @@ reference's argparse defaults, such as `--alpha 0`, are not the paper's).
 """
 
 import argparse
+import math
 
-from patchup_tf.methods import METHODS, PAPER_DEFAULTS
+# Copies of `patchup_tf.methods.METHODS` / `PAPER_DEFAULTS` (tests/test_flags.py
+# checks they agree): importing `methods` loads TensorFlow (~10 s), and a bad
+# command line should be answered before that.
+METHODS = (
+    "vanilla", "mixup", "manifold_mixup", "cutout", "cutmix", "dropblock",
+    "soft_patchup", "hard_patchup",
+)
+_PATCHUP = {"alpha": 2.0, "patchup_prob": 1.0, "block_size": 7, "k": 2,
+            "loss_params": (1.0, 1.0)}
+PAPER_DEFAULTS = {
+    "vanilla": {},
+    "mixup": {"alpha": 1.0},
+    "manifold_mixup": {"alpha": 1.5, "k": 2},
+    "cutout": {"cutout": 16},
+    "cutmix": {"cutmix_prob": 0.4},
+    "dropblock": {"block_size": 7, "keep_prob": 0.9, "dropblock_all": True, "k": 2},
+    "soft_patchup": {**_PATCHUP, "gamma": 0.75, "patchup_prob": 1.0},
+    "hard_patchup": {**_PATCHUP, "gamma": 0.5, "patchup_prob": 0.7},
+}
+NUM_POSITIONS = 5  # mixing positions 0..4 (`patchup_tf.methods.NUM_POSITIONS`)
 
 TRAIN_CHOICES = ("vanilla", "mixup", "manifold_mixup", "cutout", "patchup", "cutmix", "dropblock")
 DATASETS = ("cifar10", "cifar100", "svhn", "digits")
@@ -30,9 +50,9 @@ def str2bool(value):
     raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
 
 
-def _bool_flag(parser, name, help_text):
+def _bool_flag(parser, name, help_text, default=False):
     # `--flag`, `--flag True` and `--flag False` all work (the seed uses both forms).
-    parser.add_argument(name, type=str2bool, nargs="?", const=True, default=False, help=help_text)
+    parser.add_argument(name, type=str2bool, nargs="?", const=True, default=default, help=help_text)
 
 
 def build_parser():
@@ -53,7 +73,8 @@ def build_parser():
     a("--alpha", type=float, default=None, help="Beta(alpha, alpha) for mixup/manifold mixup/PatchUp")
     a("--cutout", type=int, default=None, help="cutout side (default 16 PreActResNet, 8 WRN, 20 SVHN)")
     a("--drop_block", type=int, default=None, help="DropBlock block size (7)")
-    _bool_flag(p, "--drop_block_all", "DropBlock at every position 1..k (paper: True)")
+    _bool_flag(p, "--drop_block_all", "DropBlock at every position 1..k (default: True, the "
+               "paper's)", default=None)
     a("--k", type=int, default=None, help="positions 0..k may mix (2)")
     a("--keep_prob", type=float, default=None, help="DropBlock keep probability (0.9)")
     a("--gamma", type=float, default=None, help="PatchUp gamma (soft 0.75, hard 0.5)")
@@ -125,12 +146,62 @@ def method_options(args, method):
     }
     options = {key: value for key, value in flag_of.items()
                if value is not None and key in PAPER_DEFAULTS[method]}
-    if method == "dropblock":
+    if method == "dropblock" and args.drop_block_all is not None:
         options["dropblock_all"] = bool(args.drop_block_all)
     if method == "cutout" and "cutout" not in options:
         options["cutout"] = 20 if args.dataset == "svhn" else (8 if args.arch.startswith("wrn") else 16)
     options["loss"] = args.loss
     return options
+
+
+def check_values(args, method, options):
+    """Range checks of the numeric flags, without TensorFlow.
+
+    The same rules as `patchup_tf.methods.Method` (which stays the final
+    check), phrased with the flags' names; raises `FlagError`.
+    """
+    def bad(flag, value, expected):
+        raise FlagError(f"{flag} {value}: expected {expected}")
+
+    block_flag = "--patchup_block" if method.endswith("_patchup") else "--drop_block"
+    for key, value in options.items():
+        flag = block_flag if key == "block_size" else f"--{key}"
+        if key == "k":
+            low = 1 if method == "dropblock" else 0
+            if not low <= value <= NUM_POSITIONS - 1:
+                bad(flag, value, f"an int in {low}..{NUM_POSITIONS - 1} (the mixing positions "
+                    f"{method} may use)")
+        elif key == "alpha":
+            if not math.isfinite(value) or (method.endswith("_patchup") and value <= 0):
+                bad(flag, value, "a float > 0 for PatchUp" if method.endswith("_patchup")
+                    else "a finite float (<= 0 disables mixing)")
+        elif key in ("gamma", "keep_prob"):
+            if not 0 < value <= 1:
+                bad(flag, value, "a probability in (0, 1]")
+        elif key in ("patchup_prob", "cutmix_prob"):
+            if not 0 <= value <= 1:
+                bad(flag, value, "a probability in [0, 1]")
+        elif key == "block_size":
+            if value < 1 or value % 2 == 0:
+                bad(flag, value, "a positive odd int")
+        elif key == "cutout":
+            if value < 0:
+                bad(flag, value, "an int >= 0 (the hole's side)")
+        elif key == "loss_params":
+            if not all(math.isfinite(v) for v in value):
+                bad(flag, " ".join(map(str, value)), "two finite floats")
+    for flag, value, ok, expected in (
+        ("--learning_rate", args.learning_rate, lambda v: math.isfinite(v) and v > 0, "a float > 0"),
+        ("--momentum", args.momentum, lambda v: math.isfinite(v) and v >= 0, "a float >= 0"),
+        ("--decay", args.decay, lambda v: math.isfinite(v) and v >= 0, "a float >= 0"),
+        ("--labels_per_class", args.labels_per_class, lambda v: v is None or v >= 1, "an int >= 1"),
+        ("--valid_labels_per_class", args.valid_labels_per_class, lambda v: v is None or v >= 1,
+         "an int >= 1 (model selection needs a validation split)"),
+    ):
+        if not ok(value):
+            bad(flag, value, expected)
+    if args.seed < 0:
+        bad("--seed", args.seed, "an int >= 0")
 
 
 def resolve_schedule(args):
@@ -154,22 +225,36 @@ def resolve_schedule(args):
 
 
 def experiment_name(args, method, epochs):
-    """The reference's folder name, built from the same flags."""
-    name = (f"{args.dataset}_arch_{args.arch}_train_{args.train or method}"
-            f"_m_alpha_{args.alpha if args.alpha is not None else PAPER_DEFAULTS[method].get('alpha', 0.0)}"
+    """The reference's folder name, built from the same flags.
+
+    Method options enter with their resolved values (the paper's when
+    unset), so runs with other settings never share a folder and the same
+    run, with or without the default flags spelled out, always does.
+    """
+    o = {**PAPER_DEFAULTS[method], **method_options(args, method)}
+    train = "patchup" if method.endswith("_patchup") else method  # the reference's --train
+    name = (f"{args.dataset}_arch_{args.arch}_train_{train}"
+            f"_m_alpha_{o.get('alpha', 0.0)}"
             f"_eph_{epochs}_bs_{args.batch_size}_lr_{args.learning_rate}_mom_{args.momentum}"
             f"_decay_{args.decay}_seed_{args.seed}")
     if args.add_name:
         name += f"_add_name_{args.add_name}"
-    if method in ("manifold_mixup", "dropblock") or method.endswith("_patchup"):
-        k = args.k if args.k is not None else PAPER_DEFAULTS[method]["k"]
-        name += f"_k_{k}"
+    if "k" in o:
+        name += f"_k_{o['k']}"
     if method == "dropblock":
-        name += f"_dropblock_all_{bool(args.drop_block_all)}"
+        name += (f"_dropblock_all_{o['dropblock_all']}_keep_prob_{o['keep_prob']}"
+                 f"_drop_block_{o['block_size']}")
+    if method == "cutout":
+        name += f"_cutout_{o['cutout']}"
+    if method == "cutmix":
+        name += f"_cutmix_prob_{o['cutmix_prob']}"
     if method.endswith("_patchup"):
-        name += f"_patchup_mode_{method.split('_')[0]}"
-        if args.gamma is not None:
-            name += f"_gamma_{args.gamma}"
+        name += (f"_patchup_block_{o['block_size']}_patchup_prob_{o['patchup_prob']}"
+                 f"_patchup_mode_{method.split('_')[0]}_gamma_{o['gamma']}")
+        if tuple(o["loss_params"]) != (1.0, 1.0):
+            name += "_loss_params_" + "_".join(str(v) for v in o["loss_params"])
+    if o.get("loss", "bce") != "bce":
+        name += f"_loss_{o['loss']}"
     if args.job_id:
         name += f"_job_id_{args.job_id}"
     return name

@@ -1,0 +1,230 @@
+"""Fixtures and helpers for running `scripts/train.py` as a subprocess.
+
+The data sets are tiny fabricated copies of CIFAR-10, CIFAR-100 and SVHN in
+torchvision's on-disk formats (written by `tests/data/conftest.py`'s
+helpers), so the seed's command lines run offline in seconds per epoch.
+"""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+import types
+import zipfile
+
+import numpy as np
+import pytest
+
+from tests.data.conftest import random_set, write_cifar10, write_cifar100, write_svhn
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRAIN = os.path.join(REPO, "scripts", "train.py")
+
+# Fabricated sizes: training images per class (split into validation and
+# training by the flags below) and test images.
+TRAIN_PER_CLASS = {"cifar10": 6, "cifar100": 2, "svhn": 6}
+TEST_SIZE = {"cifar10": 50, "cifar100": 100, "svhn": 50}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10}
+WRITERS = {"cifar10": write_cifar10, "cifar100": write_cifar100, "svhn": write_svhn}
+
+# Appended to every seed command line (argparse keeps the last occurrence):
+# 1 epoch, a few images per class, small batches, a small fast network.
+SMALL = {
+    "cifar10": ["--labels_per_class", "4", "--valid_labels_per_class", "2", "--batch_size", "20"],
+    "cifar100": ["--labels_per_class", "1", "--valid_labels_per_class", "1", "--batch_size", "50"],
+    "svhn": ["--labels_per_class", "4", "--valid_labels_per_class", "2", "--batch_size", "20"],
+}
+FAST_ARCH = ["--arch", "wrn28_2"]
+
+
+# The command lines of the seed's README, verbatim (`<X>` is preactresnet18 or
+# preactresnet34, `<JobID>` the job id), labelled.
+SEED_README = "/work/shared/seed/000_6f8f976394f914ea.txt"
+SEED_COMMANDS = dict([
+    ('preact_soft_patchup',
+     'python main.py --dataset cifar10 --data_dir ./data/cifar10/ --root_dir ./experiments/patchup/soft/ --labels_per_class 5000 --valid_labels_per_class 500 --arch <X> --learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 2000 --schedule 500 1000 1500 --step_factors 0.1 0.1 0.1 --train patchup --alpha 2.0 --patchup_type soft --patchup_block 7 --patchup_prob 1.0 --gamma 0.75 --job_id <JobID>'),  # noqa: E501
+    ('wrn_soft_patchup',
+     'python main.py --dataset cifar10 --data_dir ./data/cifar10/ --root_dir ./experiments/patchup/soft/ --labels_per_class 5000 --valid_labels_per_class 500 --arch wrn28_10 --learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 400 --schedule 200 300 --step_factors 0.1 0.1 --train patchup --alpha 2.0 --patchup_type soft --patchup_block 7 --patchup_prob 1.0 --gamma 0.75 --job_id <JobID>'),  # noqa: E501
+    ('preact_hard_patchup',
+     'python main.py --dataset cifar10 --data_dir ./data/cifar10/ --root_dir ./experiments/patchup/hard/ --labels_per_class 5000 --valid_labels_per_class 500 --arch <X> --learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 2000 --schedule 500 1000 1500 --step_factors 0.1 0.1 0.1 --train patchup --alpha 2.0 --patchup_type hard --patchup_block 7 --patchup_prob 0.7 --gamma 0.5 --job_id <JobID>'),  # noqa: E501
+    ('wrn_hard_patchup',
+     'python main.py --dataset cifar10 --data_dir ./data/cifar10/ --root_dir ./experiments/patchup/soft/ --labels_per_class 5000 --valid_labels_per_class 500 --arch wrn28_10 --learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 400 --schedule 200 300 --step_factors 0.1 0.1 --train patchup --alpha 2.0 --patchup_type hard --patchup_block 7 --patchup_prob 0.7 --gamma 0.5 --job_id <JobID>'),  # noqa: E501
+    ('preact_manifold_mixup',
+     'python main.py --dataset cifar10 --data_dir ./data/cifar10/ --root_dir ./experiments/manifold/ --labels_per_class 5000 --valid_labels_per_class 500 --arch <X> --learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 2000 --schedule 500 1000 1500 --step_factors 0.1 0.1 0.1 --train manifold_mixup --alpha 1.5 --job_id <JobID>'),  # noqa: E501
+    ('wrn_manifold_mixup',
+     'python main.py --dataset cifar10 --data_dir ./data/cifar10/ --root_dir ./experiments/patchup/soft/ --labels_per_class 5000 --valid_labels_per_class 500 --arch wrn28_10 --learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 400 --schedule 200 300 --step_factors 0.1 0.1 --train manifold_mixup --alpha 1.5 --job_id <JobID>'),  # noqa: E501
+    ('preact_cutmix',
+     'python main.py --dataset cifar10 --data_dir ./data/cifar10/ --root_dir ./experiments/manifold/ --labels_per_class 5000 --valid_labels_per_class 500 --arch <X> --learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 2000 --schedule 500 1000 1500 --step_factors 0.1 0.1 0.1 --train cutmix --cutmix_prob 0.4 --job_id <JobID>'),  # noqa: E501
+    ('wrn_cutmix',
+     'python main.py --dataset cifar10 --data_dir ./data/cifar10/ --root_dir ./experiments/patchup/soft/ --labels_per_class 5000 --valid_labels_per_class 500 --arch wrn28_10 --learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 400 --schedule 200 300 --step_factors 0.1 0.1 --train cutmix --cutmix_prob 0.4 --job_id <JobID>'),  # noqa: E501
+    ('preact_cutout',
+     'python main.py --dataset cifar10 --data_dir ./data/cifar10/ --root_dir ./experiments/manifold/ --labels_per_class 5000 --valid_labels_per_class 500 --arch <X> --learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 2000 --schedule 500 1000 1500 --step_factors 0.1 0.1 0.1 --train cutout --cutout 16 --job_id <JobID>'),  # noqa: E501
+    ('wrn_cutout',
+     'python main.py --dataset cifar10 --data_dir ./data/cifar10/ --root_dir ./experiments/patchup/soft/ --labels_per_class 5000 --valid_labels_per_class 500 --arch wrn28_10 --learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 400 --schedule 200 300 --step_factors 0.1 0.1 --train cutout --cutout 8 --job_id <JobID>'),  # noqa: E501
+    ('preact_mixup',
+     'python main.py --dataset cifar10 --data_dir ./data/cifar10/ --root_dir ./experiments/manifold/ --labels_per_class 5000 --valid_labels_per_class 500 --arch <X> --learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 2000 --schedule 500 1000 1500 --step_factors 0.1 0.1 0.1 --train mixup --alpha 1.0 --job_id <JobID>'),  # noqa: E501
+    ('wrn_mixup',
+     'python main.py --dataset cifar10 --data_dir ./data/cifar10/ --root_dir ./experiments/patchup/soft/ --labels_per_class 5000 --valid_labels_per_class 500 --arch wrn28_10 --learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 400 --schedule 200 300 --step_factors 0.1 0.1 --train mixup --alpha 1.0 --job_id <JobID>'),  # noqa: E501
+    ('preact_dropblock',
+     'python main.py --dataset cifar10 --data_dir ./data/cifar10/ --root_dir ./experiments/manifold/ --labels_per_class 5000 --valid_labels_per_class 500 --arch <X> --learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 2000 --schedule 500 1000 1500 --step_factors 0.1 0.1 0.1 --train dropblock --drop_block 7 --keep_prob 0.9 --drop_block_all True --job_id <JobID>'),  # noqa: E501
+    ('wrn_dropblock',
+     'python main.py --dataset cifar10 --data_dir ./data/cifar10/ --root_dir ./experiments/patchup/soft/ --labels_per_class 5000 --valid_labels_per_class 500 --arch wrn28_10 --learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 400 --schedule 200 300 --step_factors 0.1 0.1 --train dropblock --drop_block 7 --keep_prob 0.9 --drop_block_all True --job_id <JobID>'),  # noqa: E501
+    ('preact_vanilla',
+     'python main.py --dataset cifar10 --data_dir ./data/cifar10/ --root_dir ./experiments/manifold/ --labels_per_class 5000 --valid_labels_per_class 500 --arch <X> --learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 2000 --schedule 500 1000 1500 --step_factors 0.1 0.1 0.1 --train vanilla --job_id <JobID>'),  # noqa: E501
+    ('wrn_vanilla',
+     'python main.py --dataset cifar10 --data_dir ./data/cifar10/ --root_dir ./experiments/patchup/soft/ --labels_per_class 5000 --valid_labels_per_class 500 --arch wrn28_10 --learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 400 --schedule 200 300 --step_factors 0.1 0.1 --train vanilla --job_id <JobID>'),  # noqa: E501
+    ('affine_soft_patchup',
+     'python main.py --dataset cifar100 --data_dir ./data/cifar100/ --affine_test --affine_path ./data/test/affine/ --root_dir ./experiments/patchup/soft/ --labels_per_class 500 --valid_labels_per_class 50 --arch wrn28_10 --learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 400 --schedule 200 300 --step_factors 0.1 0.1 --train patchup --alpha 2.0 --patchup_type soft --patchup_block 7 --patchup_prob 1.0 --gamma 0.25 --job_id <JobID>'),  # noqa: E501
+    ('fgsm_soft_patchup',
+     'python main.py --dataset cifar10 --data_dir ./data/cifar10/ --fsgm_attack True --root_dir ./experiments/patchup/soft/ --labels_per_class 5000 --valid_labels_per_class 500 --arch <X> --learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 2000 --schedule 500 1000 1500 --step_factors 0.1 0.1 0.1 --train patchup --alpha 2.0 --patchup_type soft --patchup_block 7 --patchup_prob 1.0 --gamma 0.25 --job_id <JobID>'),  # noqa: E501
+])
+
+# The README's rule for the other data sets: change only these flags (and
+# `--cutout 20` for the SVHN cutout run).
+DATASET_FLAGS = {
+    "cifar100": {"--dataset": "cifar100", "--data_dir": "./data/cifar100/",
+                 "--labels_per_class": "500", "--valid_labels_per_class": "50"},
+    "svhn": {"--dataset": "svhn", "--data_dir": "./data/svhn/",
+             "--labels_per_class": "7325", "--valid_labels_per_class": "733"},
+}
+
+
+def seed_tokens(label, arch="preactresnet18", job_id="1", dataset="cifar10"):
+    """A seed command as argv tokens, `python main.py` dropped, placeholders
+    filled, changed for `dataset` by the README's rule."""
+    tokens = shlex.split(SEED_COMMANDS[label].replace("<X>", arch).replace("<JobID>", job_id))
+    assert tokens[:2] == ["python", "main.py"], tokens[:2]
+    tokens = tokens[2:]
+    for flag, value in DATASET_FLAGS.get(dataset, {}).items():
+        tokens[tokens.index(flag) + 1] = value
+    if dataset == "svhn" and "--cutout" in tokens:
+        tokens[tokens.index("--cutout") + 1] = "20"
+    return tokens
+
+
+def seed_run_args(label, data_dir, root_dir, dataset="cifar10", epochs=1, extra=()):
+    """`seed_tokens` plus the test's overrides (argparse keeps the last
+    occurrence): the fabricated data, tmp root, few epochs, tiny split and
+    a small network."""
+    return [*seed_tokens(label, dataset=dataset), "--data_dir", str(data_dir),
+            "--root_dir", str(root_dir), "--epochs", str(epochs), *SMALL[dataset], *FAST_ARCH,
+            *extra]
+
+
+def train_env():
+    env = dict(os.environ)
+    env.update(TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
+    env.pop("TF_CONFIG", None)
+    return env
+
+
+def train_command(args):
+    return [sys.executable, TRAIN, *map(str, args)]
+
+
+def run_train(args, timeout=600):
+    """Runs scripts/train.py; returns the CompletedProcess plus `.seconds`."""
+    start = time.monotonic()
+    proc = subprocess.run(train_command(args), capture_output=True, text=True, timeout=timeout,
+                          env=train_env(), cwd=REPO)
+    proc.seconds = time.monotonic() - start
+    return proc
+
+
+def start_train(args, log_path):
+    """Starts scripts/train.py in the background, its output into `log_path`."""
+    with open(log_path, "w") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(train_command(args), stdout=out, stderr=subprocess.STDOUT,
+                                env=train_env(), cwd=REPO)
+
+
+def describe(proc):
+    """The end of a run's output, for assertion messages."""
+    return f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout[-3000:]}\n--- stderr ---\n" \
+           f"{proc.stderr[-5000:]}"
+
+
+def experiment_dirs(root):
+    """The experiment folders under a --root_dir."""
+    if not os.path.isdir(root):
+        return []
+    return sorted(os.path.join(root, d) for d in os.listdir(root)
+                  if os.path.isdir(os.path.join(root, d)))
+
+
+def only_experiment(root):
+    dirs = experiment_dirs(root)
+    assert len(dirs) == 1, f"expected one experiment folder under {root}, found {dirs}"
+    return dirs[0]
+
+
+def read_state(path):
+    """`(arrays, meta)` of a state.npz."""
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files if k != "meta"}
+        meta = json.loads(str(data["meta"]))
+    return arrays, meta
+
+
+def keras_weights(path):
+    """The weights stored in a .keras file, loaded with Keras."""
+    import keras
+
+    import patchup_tf.models  # noqa: F401 - registers MixingModel and the layers
+
+    model = keras.models.load_model(path, compile=False)
+    return [np.asarray(w) for w in model.get_weights()]
+
+
+def check_files_load(exp_dir):
+    """Every file in the folder is whole: json/csv/npz/keras/pkl/png load."""
+    import pickle
+
+    problems = []
+    for name in sorted(os.listdir(exp_dir)):
+        path = os.path.join(exp_dir, name)
+        if name.startswith(".tmp-"):
+            continue  # a killed write's temporary, never under a final name
+        try:
+            if name.endswith(".json"):
+                with open(path) as f:
+                    json.load(f)
+            elif name.endswith(".npz"):
+                read_state(path)
+            elif name.endswith(".keras"):
+                with zipfile.ZipFile(path) as z:
+                    assert z.testzip() is None
+                keras_weights(path)
+            elif name.endswith(".pkl"):
+                with open(path, "rb") as f:
+                    pickle.load(f)
+            elif name.endswith(".png"):
+                with open(path, "rb") as f:
+                    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+            elif name.endswith(".csv"):
+                with open(path) as f:
+                    assert f.readline().startswith("epoch,")
+        except Exception as e:  # noqa: BLE001 - reported below
+            problems.append(f"{name}: {type(e).__name__}: {str(e)[:300]}")
+    assert not problems, "unreadable files after a kill:\n" + "\n".join(problems)
+
+
+@pytest.fixture(scope="session")
+def fabricated(tmp_path_factory):
+    """Tiny CIFAR-10, CIFAR-100 and SVHN folders in torchvision's formats.
+
+    Returns a namespace with `dirs[name]` (the folder to pass as --data_dir),
+    plus the writer helpers for tests that need broken copies.
+    """
+    root = tmp_path_factory.mktemp("data")
+    dirs = {}
+    for i, name in enumerate(("cifar10", "cifar100", "svhn")):
+        k = NUM_CLASSES[name]
+        x, y = random_set(TRAIN_PER_CLASS[name] * k, k, seed=10 + i)
+        xt, yt = random_set(TEST_SIZE[name], k, seed=20 + i)
+        dirs[name] = os.path.join(str(root), name)
+        WRITERS[name](dirs[name], x, y, xt, yt)
+    return types.SimpleNamespace(dirs=dirs, write=WRITERS, random_set=random_set,
+                                 num_classes=NUM_CLASSES)
