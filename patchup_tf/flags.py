@@ -8,26 +8,8 @@ reference's argparse defaults, such as `--alpha 0`, are not the paper's).
 import argparse
 import math
 
-# Copies of `patchup_tf.methods.METHODS` / `PAPER_DEFAULTS` (tests/test_flags.py
-# checks they agree): importing `methods` loads TensorFlow (~10 s), and a bad
-# command line should be answered before that.
-METHODS = (
-    "vanilla", "mixup", "manifold_mixup", "cutout", "cutmix", "dropblock",
-    "soft_patchup", "hard_patchup",
-)
-_PATCHUP = {"alpha": 2.0, "patchup_prob": 1.0, "block_size": 7, "k": 2,
-            "loss_params": (1.0, 1.0)}
-PAPER_DEFAULTS = {
-    "vanilla": {},
-    "mixup": {"alpha": 1.0},
-    "manifold_mixup": {"alpha": 1.5, "k": 2},
-    "cutout": {"cutout": 16},
-    "cutmix": {"cutmix_prob": 0.4},
-    "dropblock": {"block_size": 7, "keep_prob": 0.9, "dropblock_all": True, "k": 2},
-    "soft_patchup": {**_PATCHUP, "gamma": 0.75, "patchup_prob": 1.0},
-    "hard_patchup": {**_PATCHUP, "gamma": 0.5, "patchup_prob": 0.7},
-}
-NUM_POSITIONS = 5  # mixing positions 0..4 (`patchup_tf.methods.NUM_POSITIONS`)
+# `defaults` does not import TensorFlow: a bad command line is answered at once.
+from patchup_tf.defaults import METHODS, NUM_POSITIONS, PAPER_DEFAULTS
 
 TRAIN_CHOICES = ("vanilla", "mixup", "manifold_mixup", "cutout", "patchup", "cutmix", "dropblock")
 DATASETS = ("cifar10", "cifar100", "svhn", "digits")
