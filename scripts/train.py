@@ -12,7 +12,7 @@ Every command line of the reference README runs with `main.py` replaced by
 
 Offline quick start (scikit-learn's digits, a few minutes on 2 CPU cores):
 
-    python scripts/train.py --dataset digits --method soft_patchup --epochs 6
+    python scripts/train.py --dataset digits --method soft_patchup --epochs 5
 
 Exit codes: 0 done, 2 bad flags or data (one message, nothing half-written),
 3 the loss became NaN (the last good checkpoint is kept).
