@@ -32,20 +32,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-EXIT_BAD_INPUT = 2
-DATASETS = ("cifar10", "cifar100", "svhn", "digits")  # patchup_tf.data.DATASETS
+from patchup_tf.experiment import fail  # noqa: E402  (TF-free)
+from patchup_tf.flags import DATASETS, str2bool  # noqa: E402  (TF-free)
 DEFAULT_EPS = (0.0, 0.05, 0.1, 0.12, 0.15, 0.18, 0.2)  # patchup_tf.evaluation.DEFAULT_EPS
 AFFINE_NAMES = ("rotation_20", "rotation_40", "shear_28.6", "shear_57.3",
                 "zoom_0.6", "zoom_0.8", "zoom_1.2", "zoom_1.4")  # AFFINE_SETS
-
-
-def str2bool(value):
-    text = str(value).strip().lower()
-    if text in ("true", "t", "yes", "y", "1"):
-        return True
-    if text in ("false", "f", "no", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
 
 
 def build_parser():
@@ -73,11 +64,6 @@ def build_parser():
                    help="evaluation batch size; FGSM clips to each batch's range (100)")
     p.add_argument("--out", default=None, help="JSON file for the results")
     return p
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(EXIT_BAD_INPUT)
 
 
 def _experiment_dataset(model_path):

@@ -22,7 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-EXIT_BAD_INPUT = 2
+from patchup_tf.experiment import fail  # noqa: E402  (TF-free)
 
 
 def build_parser():
@@ -37,11 +37,6 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the per-image draws (each set its own stream)")
     return p
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(EXIT_BAD_INPUT)
 
 
 def _describe(spec):

@@ -34,9 +34,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-EXIT_BAD_INPUT = 2
-DATASETS = ("cifar10", "cifar100", "svhn", "digits")
-ARCHS = ("preactresnet18", "preactresnet34", "wrn28_10", "wrn28_2")
+from patchup_tf.experiment import fail  # noqa: E402  (TF-free)
+from patchup_tf.flags import ARCHS, DATASETS  # noqa: E402  (TF-free)
 
 
 def build_parser():
@@ -81,11 +80,6 @@ def build_parser():
     a.add_argument("--out_dir", default=".",
                    help="where activations.csv and activations.png go")
     return p
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(EXIT_BAD_INPUT)
 
 
 def _keras_model(path):

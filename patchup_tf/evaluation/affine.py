@@ -500,17 +500,13 @@ def evaluate_affine_sets(model, paths, mean, std, batch_size=100):
         list of dicts `{"name", "path", "top1", "top5", "error", "loss"}`,
         in the order of `paths`.
     """
-    mean = np.asarray(mean, np.float32)
-    std = np.asarray(std, np.float32)
-    if np.any(std <= 0):
-        raise ValueError(
-            "Invalid value received for argument `std`. Expected positive "
-            f"values. Received: std={std.tolist()}"
-        )
+    from patchup_tf.data import normalize
+
+    normalize(np.zeros((1, 1, 1, len(std)), np.float32), mean, std)  # checks std first
     rows = []
     for path in paths:
         images, labels, _, description = load_affine_set(path)
-        x = (images.astype(np.float32) - mean) / std
+        x = normalize(images, mean, std)
         ds = tf.data.Dataset.from_tensor_slices((x, labels)).batch(batch_size)
         row = {"name": description["name"], "path": os.fspath(path)}
         row.update(evaluate_classifier(model, ds))
