@@ -13,7 +13,11 @@ import weakref
 
 import tensorflow as tf
 
-from patchup_tf.evaluation.metrics import cross_entropy_per_sample, hard_labels
+from patchup_tf.evaluation.metrics import (
+    cached_per_model,
+    cross_entropy_per_sample,
+    hard_labels,
+)
 
 __all__ = ["DEFAULT_EPS", "fgsm", "fgsm_sweep"]
 
@@ -50,11 +54,10 @@ def _attack(model, images, targets, eps):
 
 
 def _compiled(model):
-    try:
-        return _FN_CACHE[model]
-    except (KeyError, TypeError):
-        pass
+    return cached_per_model(_FN_CACHE, model, _build_attack_fns)
 
+
+def _build_attack_fns(model):
     @tf.function(reduce_retracing=True)
     def attack(images, targets, eps):
         return _attack(model, images, targets, eps)
@@ -72,12 +75,7 @@ def _compiled(model):
             tf.cast(tf.shape(pred)[0], tf.float64),
         )
 
-    fns = (attack, attack_and_score)
-    try:
-        _FN_CACHE[model] = fns
-    except TypeError:  # not weak-referenceable: just do not cache
-        pass
-    return fns
+    return attack, attack_and_score
 
 
 def _as_inputs(images, eps):

@@ -17,6 +17,21 @@ __all__ = ["evaluate_classifier", "hard_labels", "cross_entropy_per_sample"]
 _STEP_CACHE = weakref.WeakKeyDictionary()
 
 
+def cached_per_model(cache, model, build):
+    """`cache[model]`, made by `build(model)` on first use (not cached for
+    models that cannot be weakly referenced)."""
+    try:
+        return cache[model]
+    except (KeyError, TypeError):
+        pass
+    value = build(model)
+    try:
+        cache[model] = value
+    except TypeError:
+        pass
+    return value
+
+
 def hard_labels(targets):
     """Integer labels `(N,)` from one-hot / soft `(N, K)` or integer `(N,)`."""
     targets = tf.convert_to_tensor(targets)
@@ -59,21 +74,15 @@ def _batch_sums(logits, targets):
 
 
 def _compiled_step(model):
-    try:
-        return _STEP_CACHE[model]
-    except (KeyError, TypeError):
-        pass
+    def build(model):
+        @tf.function(reduce_retracing=True)
+        def step(images, targets):
+            logits = model(images, training=False)
+            return _batch_sums(logits, targets)
 
-    @tf.function(reduce_retracing=True)
-    def step(images, targets):
-        logits = model(images, training=False)
-        return _batch_sums(logits, targets)
+        return step
 
-    try:
-        _STEP_CACHE[model] = step
-    except TypeError:  # not weak-referenceable: just do not cache
-        pass
-    return step
+    return cached_per_model(_STEP_CACHE, model, build)
 
 
 def evaluate_classifier(model, dataset):
