@@ -253,6 +253,10 @@ def run(argv=None):
 
     # First: MultiWorkerMirroredStrategy must configure the runtime before any op runs.
     strategy = make_strategy(args.strategy)
+    replicas = strategy.num_replicas_in_sync
+    if args.batch_size % replicas:
+        fail(f"--batch_size {args.batch_size} is the global batch and must be a multiple of "
+             f"the {replicas} replicas; use e.g. --batch_size {replicas * max(1, args.batch_size // replicas)}")
     keras.utils.set_random_seed(args.seed)
     try:
         datasets = data_lib.make_datasets(

@@ -234,3 +234,21 @@ def test_nan_in_the_first_epoch_says_no_checkpoint(data_case_runs):
     for exp in experiment_dirs(root):
         assert not os.path.exists(os.path.join(exp, "state.npz"))
 
+
+
+def test_global_batch_not_divisible_by_replicas_exits_2(monkeypatch, tmp_path, capsys):
+    """The global batch is split over replicas: 100 over 3 cannot be, exit 2 with the fix."""
+    import types
+
+    import pytest
+
+    from patchup_tf import experiment
+
+    monkeypatch.setattr(experiment, "make_strategy",
+                        lambda name: types.SimpleNamespace(num_replicas_in_sync=3))
+    with pytest.raises(SystemExit) as exit_info:
+        experiment.run(["--dataset", "digits", "--root_dir", str(tmp_path), "--batch_size", "100"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--batch_size 100" in err and "3 replicas" in err and "--batch_size 99" in err
+    assert not any(tmp_path.iterdir())
