@@ -17,6 +17,7 @@ from patchup_tf.evaluation.metrics import (
     cached_per_model,
     cross_entropy_per_sample,
     hard_labels,
+    sum_over_batches,
 )
 
 __all__ = ["DEFAULT_EPS", "fgsm", "fgsm_sweep"]
@@ -118,20 +119,12 @@ def fgsm_sweep(model, dataset, eps_list=DEFAULT_EPS):
     _, attack_and_score = _compiled(model)
     results = []
     for eps in eps_values:
-        loss_sum = correct = count = 0.0
-        for images, targets in dataset:
+
+        def batch_sums(images, targets, eps=eps):
             images, eps_t = _as_inputs(images, eps)
-            b_loss, b_correct, b_count = attack_and_score(
-                images, tf.convert_to_tensor(targets), eps_t
-            )
-            loss_sum += float(b_loss)
-            correct += float(b_correct)
-            count += float(b_count)
-        if count == 0:
-            raise ValueError(
-                "Invalid value received for argument `dataset`. Expected at "
-                "least one sample. Received: an empty dataset"
-            )
+            return attack_and_score(images, tf.convert_to_tensor(targets), eps_t)
+
+        loss_sum, correct, count = sum_over_batches(batch_sums, dataset)
         results.append(
             {"eps": eps, "accuracy": 100.0 * correct / count, "loss": loss_sum / count}
         )

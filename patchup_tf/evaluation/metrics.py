@@ -85,6 +85,24 @@ def _compiled_step(model):
     return cached_per_model(_STEP_CACHE, model, build)
 
 
+def sum_over_batches(batch_sums, dataset):
+    """Adds `batch_sums(images, targets)` up over `dataset`, as Python floats.
+
+    `batch_sums` returns a tuple of per-batch sums whose last entry is the
+    batch's sample count; an empty dataset is an error.
+    """
+    totals = None
+    for images, targets in dataset:
+        values = [float(v) for v in batch_sums(images, targets)]
+        totals = values if totals is None else [t + v for t, v in zip(totals, values)]
+    if not totals or totals[-1] == 0:
+        raise ValueError(
+            "Invalid value received for argument `dataset`. Expected at "
+            "least one sample. Received: an empty dataset"
+        )
+    return totals
+
+
 def evaluate_classifier(model, dataset):
     """Top-1 / top-5 accuracy (%), error (%) and mean CE of `model` on `dataset`.
 
@@ -99,19 +117,7 @@ def evaluate_classifier(model, dataset):
         dict with `top1`, `top5`, `error` (100 - top1) and `loss`, all
         Python floats, aggregated exactly over every sample.
     """
-    step = _compiled_step(model)
-    loss_sum = top1 = top5 = count = 0.0
-    for images, targets in dataset:
-        b_loss, b_top1, b_top5, b_count = step(images, targets)
-        loss_sum += float(b_loss)
-        top1 += float(b_top1)
-        top5 += float(b_top5)
-        count += float(b_count)
-    if count == 0:
-        raise ValueError(
-            "Invalid value received for argument `dataset`. Expected at "
-            "least one sample. Received: an empty dataset"
-        )
+    loss_sum, top1, top5, count = sum_over_batches(_compiled_step(model), dataset)
     acc1 = 100.0 * top1 / count
     return {
         "top1": acc1,
