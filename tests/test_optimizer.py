@@ -54,6 +54,30 @@ def test_torch_sgd_matches_pytorch_update_across_lr_drops(momentum, nesterov, wd
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"step {step}")
 
 
+def test_torch_sgd_defaults_are_the_documented_ones():
+    """TorchSGD() with no arguments: lr 0.1, momentum 0.9, Nesterov, l2 1e-4
+    (the paper's `torch.optim.SGD(lr=0.1, momentum=0.9, nesterov=True,
+    weight_decay=1e-4)`), checked on the updates themselves."""
+    p, grads = problem(2)
+    optimizer = TorchSGD()
+    var = keras.Variable(p)
+    got = []
+    for grad in grads:
+        optimizer.apply([keras.ops.convert_to_tensor(grad)], [var])
+        got.append(var.numpy().astype("float64"))
+    expected = torch_sgd(p, grads, [0.1] * len(grads), 0.9, True, 1e-4)
+    for step, (a, b) in enumerate(zip(got, expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"step {step}")
+    # Each default matters: the first step alone is -0.1 (1 + 0.9) (g + 1e-4 p)
+    # with Nesterov and -0.1 (g + 1e-4 p) without.
+    g0 = grads[0] + 1e-4 * p.astype("float64")
+    np.testing.assert_allclose(got[0], p - 0.19 * g0, rtol=1e-5, atol=1e-6)
+    plain = torch_sgd(p, grads, [0.1] * len(grads), 0.9, False, 1e-4)
+    assert np.abs(got[-1] - plain[-1]).max() > 1e-2
+    assert (optimizer.momentum, optimizer.nesterov, optimizer.l2) == (0.9, True, 1e-4)
+    assert float(optimizer.learning_rate) == pytest.approx(0.1)
+
+
 @pytest.mark.parametrize("nesterov", [True, False])
 def test_keras_sgd_differs_after_the_lr_drop(nesterov):
     """Keras' SGD keeps the lr inside its buffer: with the same coupled L2 it
