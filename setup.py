@@ -21,4 +21,13 @@ setup(
         "matplotlib",
     ],
     extras_require={"test": ["pytest", "hypothesis"]},
+    entry_points={
+        "console_scripts": [
+            "patchup-train = patchup_tf.cli.train:main",
+            "patchup-evaluate = patchup_tf.cli.evaluate:main",
+            "patchup-make-affine-sets = patchup_tf.cli.make_affine_sets:main",
+            "patchup-visualize = patchup_tf.cli.visualize:main",
+            "patchup-benchmark = patchup_tf.benchmark:main",
+        ],
+    },
 )

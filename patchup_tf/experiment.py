@@ -24,34 +24,37 @@ import json
 import math
 import os
 import pickle
-import shutil
 import sys
-import tempfile
 import time
 import zipfile
 
+import keras
 import numpy as np
+import tensorflow as tf
 
+from patchup_tf import data as data_lib
 from patchup_tf import flags as flags_lib
+from patchup_tf import models
+from patchup_tf.distributed import train_loop
+from patchup_tf.evaluation import evaluate_affine_sets, evaluate_classifier, fgsm_sweep
+from patchup_tf.evaluation.report import EvaluationError, affine_set_paths
+from patchup_tf.methods import Method
+from patchup_tf.plots import plot_curves
+from patchup_tf.training import recipe, step_lr
+from patchup_tf.files import (
+    EXIT_BAD_INPUT,
+    EXIT_NAN,
+    atomic_write,
+    fail,
+    jsonable,
+    remove_stale_temporaries,
+    save_keras,
+    export_saved_model,
+    write_json,
+    write_text,
+)
 
 
-class _LazyModule:
-    """`keras`, imported on first use: a bad command line is answered (exit 2)
-    before TensorFlow loads, which takes ~10 s."""
-
-    def __init__(self, name):
-        self._name = name
-
-    def __getattr__(self, attr):
-        import importlib
-
-        return getattr(importlib.import_module(self._name), attr)
-
-
-keras = _LazyModule("keras")
-
-EXIT_BAD_INPUT = 2
-EXIT_NAN = 3
 LOG_FIELDS = (
     "epoch", "lr", "train_loss", "train_accuracy", "valid_loss", "valid_top1",
     "valid_top5", "valid_error", "test_loss", "test_top1", "test_top5", "test_error",
@@ -59,64 +62,11 @@ LOG_FIELDS = (
 )
 
 
-# ------------------------------------------------------------------ files
-TMP_PREFIX = ".tmp-"
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-def remove_stale_temporaries(directory):
-    """Deletes the temporary files a killed run left behind in `directory`."""
-    for name in os.listdir(directory):
-        if name.startswith(TMP_PREFIX):
-            path = os.path.join(directory, name)
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                os.remove(path)
-
-
-def atomic_write(path, write_fn, suffix=""):
-    """Calls `write_fn(tmp_path)` then renames the result onto `path`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix, dir=directory)
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide the logs from others
-        write_fn(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_text(path, text):
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-
-    atomic_write(path, write)
-
-
-def write_json(path, obj):
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
-
-
-def _jsonable(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(f"not JSON serialisable: {value!r}")
-
-
 def save_state(path, model, meta):
     """Model and optimizer variables plus `meta` in one `.npz`, atomically."""
     arrays = {f"m{i}": v.numpy() for i, v in enumerate(model.variables)}
     arrays.update({f"o{i}": v.numpy() for i, v in enumerate(model.optimizer.variables)})
-    arrays["meta"] = np.array(json.dumps(meta, default=_jsonable))
+    arrays["meta"] = np.array(json.dumps(meta, default=jsonable))
 
     def write(tmp):
         with open(tmp, "wb") as f:
@@ -142,26 +92,6 @@ def load_state(path, model):
         return json.loads(str(data["meta"]))
 
 
-def save_keras(path, model):
-    atomic_write(path, model.save, suffix=".keras")
-
-
-def export_saved_model(path, model):
-    """`model.export` into a temporary folder, then renamed onto `path`."""
-    parent = os.path.dirname(os.path.abspath(path))
-    tmp = tempfile.mkdtemp(prefix=TMP_PREFIX + "export-", dir=parent)
-    try:
-        model.export(os.path.join(tmp, "m"), verbose=False)
-        old = path + ".old"
-        shutil.rmtree(old, ignore_errors=True)  # left by a run killed right here
-        if os.path.exists(path):
-            os.replace(path, old)
-        os.replace(os.path.join(tmp, "m"), path)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 # ---------------------------------------------------------------- helpers
 def choose_precision(requested, mixed_flag=False):
     """`auto` -> mixed_bfloat16 on a GPU or a CPU with AMX bf16 tiles, else float32.
@@ -174,7 +104,6 @@ def choose_precision(requested, mixed_flag=False):
         return "mixed_bfloat16"
     if requested != "auto":
         return requested
-    import tensorflow as tf
 
     if tf.config.list_physical_devices("GPU"):
         return "mixed_bfloat16"
@@ -187,7 +116,6 @@ def choose_precision(requested, mixed_flag=False):
 
 
 def make_strategy(name):
-    import tensorflow as tf
 
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
@@ -203,11 +131,6 @@ def is_chief():
         task.get("type") == "worker" and task.get("index", 0) == 0
         and "chief" not in tf_config.get("cluster", {})
     )
-
-
-def fail(message, code=EXIT_BAD_INPUT):
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(code)
 
 
 # ----------------------------------------------------------------- config
@@ -228,8 +151,6 @@ def resolve(argv):
             raise flags_lib.FlagError(
                 f"the experiment folder name would be {len(name.encode())} bytes long, more "
                 "than file systems allow (255); shorten --add_name or --job_id")
-        from patchup_tf.methods import Method  # loads TensorFlow
-
         Method(method, **options)
     except ValueError as e:
         parser.exit(EXIT_BAD_INPUT, f"error: {e}\n")
@@ -248,8 +169,6 @@ def run(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args, config = resolve(argv)
 
-    from patchup_tf import data as data_lib
-    from patchup_tf.evaluation import evaluate_classifier
 
     # First: MultiWorkerMirroredStrategy must configure the runtime before any op runs.
     strategy = make_strategy(args.strategy)
@@ -293,12 +212,10 @@ def run(argv=None):
         write_json(os.path.join(exp_dir, "flags.json"), config)
         write_text(os.path.join(exp_dir, "log.txt"), json.dumps(config["flags"], sort_keys=True) + "\n")
 
-    logger = _epoch_logger_class()(model, datasets, config, exp_dir, meta, evaluate_classifier,
+    logger = EpochLogger(model, datasets, config, exp_dir, meta, evaluate_classifier,
                                    chief)
     if meta["epoch"] + 1 < config["epochs"]:
         train_ds = data_lib.train_epochs(datasets, first_epoch=meta["epoch"] + 1)
-        from patchup_tf.training import step_lr
-
         lr_at = step_lr(args.learning_rate, config["schedule"], config["step_factors"])
         callbacks = [
             keras.callbacks.LearningRateScheduler(lr_at),
@@ -307,8 +224,6 @@ def run(argv=None):
             if chief else keras.callbacks.Callback(),
         ]
         if args.strategy == "multi_worker":  # fit fails there (keras-team/keras#20585)
-            from patchup_tf.distributed import train_loop
-
             train_loop(model, train_ds, epochs=config["epochs"], initial_epoch=meta["epoch"] + 1,
                        steps_per_epoch=datasets.steps_per_epoch, lr_at=lr_at,
                        callbacks=callbacks, strategy=strategy,
@@ -344,13 +259,13 @@ def _check_same_run(exp_dir, config):
             saved = json.load(f)
     except (OSError, ValueError):
         return  # Older or foreign folder: load_state's own checks apply.
-    now = json.loads(json.dumps(config, default=_jsonable))
+    now = json.loads(json.dumps(config, default=jsonable))
     differ = [k for k in _RUN_KEYS if saved.get(k) != now.get(k)]
 
     def options(c):  # unset options are the paper's
         resolved = {**flags_lib.PAPER_DEFAULTS.get(c.get("method"), {}),
                     **(c.get("method_options") or {})}
-        return json.loads(json.dumps(resolved, default=_jsonable))
+        return json.loads(json.dumps(resolved, default=jsonable))
 
     if options(saved) != options(now):
         differ.append("method options")
@@ -363,9 +278,6 @@ def _check_same_run(exp_dir, config):
 
 
 def _build_model(args, config, num_classes):
-    from patchup_tf import models
-    from patchup_tf.training import recipe
-
     model = models.build(args.arch, num_classes, config["method"], seed=args.seed,
                          **config["method_options"])
     optimizer, _ = recipe(args.learning_rate, args.momentum, args.decay,
@@ -376,37 +288,13 @@ def _build_model(args, config, num_classes):
 
 
 def _find_affine_sets(args):
-    from patchup_tf.evaluation import affine
-
-    paths = [os.path.join(args.affine_path, f"{name}.npz") for name in affine.AFFINE_SETS]
-    missing = [p for p in paths if not os.path.exists(p)]
-    if missing:
-        fail(f"--affine_path {args.affine_path} lacks {', '.join(map(os.path.basename, missing))}; "
-             f"make them with: python scripts/make_affine_sets.py --affine_path {args.affine_path} "
-             "--data_dir <CIFAR-100 dir>")
-    if args.dataset != "cifar100":
-        fail(f"the deformed sets are CIFAR-100 images; --affine_test needs --dataset cifar100, "
-             f"not {args.dataset}")
-    return paths
+    try:
+        return affine_set_paths(args.affine_path, args.dataset)
+    except EvaluationError as e:
+        fail(str(e))
 
 
-def _epoch_logger_class():
-    """`EpochLogger`, made on first use (its base class needs Keras)."""
-    cls = globals().get("EpochLogger")
-    if cls is None:
-        cls = type("EpochLogger", (_EpochLoggerBody, keras.callbacks.Callback),
-                   {"__doc__": _EpochLoggerBody.__doc__, "__module__": __name__})
-        globals()["EpochLogger"] = cls
-    return cls
-
-
-def __getattr__(name):  # `from patchup_tf.experiment import EpochLogger`
-    if name == "EpochLogger":
-        return _epoch_logger_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-class _EpochLoggerBody:
+class EpochLogger(keras.callbacks.Callback):
     """Per-epoch evaluation, logs, best and resume checkpoints, NaN guard."""
 
     def __init__(self, model, datasets, config, exp_dir, meta, evaluate, chief):
@@ -484,8 +372,6 @@ def write_logs(exp_dir, history, config):
             pickle.dump(columns, f)
 
     atomic_write(os.path.join(exp_dir, "log.pkl"), write_pickle)
-    from patchup_tf.plots import plot_curves
-
     plot_curves(history, exp_dir)
 
 
@@ -500,13 +386,9 @@ def _final_report(args, config, model, datasets, exp_dir, meta, evaluate, affine
         "valid": evaluate(model, datasets.valid), "test": evaluate(model, datasets.test),
     }
     if affine_sets:
-        from patchup_tf.evaluation import evaluate_affine_sets
-
         report["affine"] = evaluate_affine_sets(model, affine_sets, datasets.mean, datasets.std,
                                                 batch_size=args.batch_size)
     if args.fsgm_attack:
-        from patchup_tf.evaluation import fgsm_sweep
-
         unshuffled = datasets.test.unbatch().batch(100)
         report["fgsm"] = fgsm_sweep(model, unshuffled)
     if chief:

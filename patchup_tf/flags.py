@@ -8,12 +8,27 @@ reference's argparse defaults, such as `--alpha 0`, are not the paper's).
 import argparse
 import math
 
-# `defaults` does not import TensorFlow: a bad command line is answered at once.
-from patchup_tf.defaults import METHODS, NUM_POSITIONS, PAPER_DEFAULTS
+# `rules` does not import TensorFlow: a bad command line is answered at once.
+from patchup_tf.rules import (
+    ARCHS,
+    DATASETS,
+    LOSSES,
+    METHOD_SPECS,
+    METHODS,
+    OPTIONS,
+    PAPER_DEFAULTS,
+    cutout_default,
+)
 
-TRAIN_CHOICES = ("vanilla", "mixup", "manifold_mixup", "cutout", "patchup", "cutmix", "dropblock")
-DATASETS = ("cifar10", "cifar100", "svhn", "digits")
-ARCHS = ("preactresnet18", "preactresnet34", "wrn28_10", "wrn28_2")
+# The reference's --train values: PatchUp is one, with --patchup_type.
+TRAIN_CHOICES = tuple(dict.fromkeys(
+    "patchup" if spec.patchup_mode else name for name, spec in METHOD_SPECS.items()))
+# Every flag that sets a method option, and the option's name.
+OPTION_FLAGS = {
+    **{o.flag: key for key, o in OPTIONS.items() if o.flag},
+    **{spec.block_flag: "block_size" for spec in METHOD_SPECS.values() if spec.block_flag},
+}
+DIGITS_EPOCHS = 30  # the digits set's default: the paper's 400-2000 epochs are for CIFAR
 
 
 class FlagError(ValueError):
@@ -49,7 +64,8 @@ def build_parser():
     a("--labels_per_class", type=int, default=None, help="training samples per class (default: the dataset's)")
     a("--valid_labels_per_class", type=int, default=None, help="validation samples per class (default: the dataset's)")
     a("--arch", default="preactresnet18", choices=ARCHS)
-    a("--epochs", type=int, default=None, help="default: 2000 PreActResNet, 400 WRN")
+    a("--epochs", type=int, default=None,
+      help=f"default: 2000 PreActResNet, 400 WRN (the paper's); {DIGITS_EPOCHS} on digits")
     a("--train", default=None, choices=TRAIN_CHOICES, help="the reference's method flag")
     a("--method", default=None, choices=METHODS, help="short form, e.g. soft_patchup")
     a("--alpha", type=float, default=None, help="Beta(alpha, alpha) for mixup/manifold mixup/PatchUp")
@@ -65,7 +81,7 @@ def build_parser():
     a("--patchup_type", default=None, choices=("soft", "hard"))
     a("--cutmix_prob", type=float, default=None, help="CutMix probability (0.4)")
     a("--loss_params", type=float, nargs=2, default=None, help="PatchUp loss weights alpha beta (1 1)")
-    a("--loss", default="bce", choices=("bce", "ce"), help="bce: the reference's BCE on softmax")
+    a("--loss", default="bce", choices=LOSSES, help="bce: the reference's BCE on softmax")
     a("--batch_size", type=int, default=100)
     a("--learning_rate", type=float, default=0.1)
     a("--momentum", type=float, default=0.9)
@@ -119,59 +135,41 @@ def resolve_method(args):
 
 
 def method_options(args, method):
-    """The options of `method` that the flags set (the rest keep the paper's)."""
-    flag_of = {
-        "alpha": args.alpha, "gamma": args.gamma, "patchup_prob": args.patchup_prob,
-        "cutmix_prob": args.cutmix_prob, "keep_prob": args.keep_prob, "k": args.k,
-        "cutout": args.cutout, "loss_params": args.loss_params,
-        "block_size": args.patchup_block if method.endswith("_patchup") else args.drop_block,
-    }
-    options = {key: value for key, value in flag_of.items()
-               if value is not None and key in PAPER_DEFAULTS[method]}
-    if method == "dropblock" and args.drop_block_all is not None:
-        options["dropblock_all"] = bool(args.drop_block_all)
-    if method == "cutout" and "cutout" not in options:
-        options["cutout"] = 20 if args.dataset == "svhn" else (8 if args.arch.startswith("wrn") else 16)
-    options["loss"] = args.loss
+    """The options of `method` that the flags set (the rest keep the paper's).
+
+    A method-option flag the method does not use is a `FlagError`, as the
+    Python API refuses the option.
+    """
+    spec = METHOD_SPECS[method]
+    used = {spec.flag_of(key): key for key in spec.options()}
+    unused = [flag for flag in OPTION_FLAGS
+              if flag not in used and getattr(args, flag[2:]) is not None]
+    if unused:
+        raise FlagError(
+            f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used by --method "
+            f"{method}; remove {'it' if len(unused) == 1 else 'them'} (its options: "
+            f"{', '.join(sorted(used))})")
+    options = {key: getattr(args, flag[2:]) for flag, key in used.items()
+               if getattr(args, flag[2:]) is not None}
+    if "cutout" in spec.defaults and "cutout" not in options:
+        options["cutout"] = cutout_default(args.dataset, args.arch)
     return options
 
 
 def check_values(args, method, options):
-    """Range checks of the numeric flags, without TensorFlow.
-
-    The same rules as `patchup_tf.methods.Method` (which stays the final
-    check), phrased with the flags' names; raises `FlagError`.
-    """
+    """Range checks of the flags, without TensorFlow: the method table's
+    validators (the same as `patchup_tf.methods.Method`'s), phrased with the
+    flags' names; raises `FlagError`."""
     def bad(flag, value, expected):
         raise FlagError(f"{flag} {value}: expected {expected}")
 
-    block_flag = "--patchup_block" if method.endswith("_patchup") else "--drop_block"
+    spec = METHOD_SPECS[method]
     for key, value in options.items():
-        flag = block_flag if key == "block_size" else f"--{key}"
-        if key == "k":
-            low = 1 if method == "dropblock" else 0
-            if not low <= value <= NUM_POSITIONS - 1:
-                bad(flag, value, f"an int in {low}..{NUM_POSITIONS - 1} (the mixing positions "
-                    f"{method} may use)")
-        elif key == "alpha":
-            if not math.isfinite(value) or (method.endswith("_patchup") and value <= 0):
-                bad(flag, value, "a float > 0 for PatchUp" if method.endswith("_patchup")
-                    else "a finite float (<= 0 disables mixing)")
-        elif key in ("gamma", "keep_prob"):
-            if not 0 < value <= 1:
-                bad(flag, value, "a probability in (0, 1]")
-        elif key in ("patchup_prob", "cutmix_prob"):
-            if not 0 <= value <= 1:
-                bad(flag, value, "a probability in [0, 1]")
-        elif key == "block_size":
-            if value < 1 or value % 2 == 0:
-                bad(flag, value, "a positive odd int")
-        elif key == "cutout":
-            if value < 0:
-                bad(flag, value, "an int >= 0 (the hole's side)")
-        elif key == "loss_params":
-            if not all(math.isfinite(v) for v in value):
-                bad(flag, " ".join(map(str, value)), "two finite floats")
+        try:
+            OPTIONS[key].check(value, spec)
+        except ValueError as e:
+            shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+            raise FlagError(f"{spec.flag_of(key)} {shown}: {e}") from None
     for flag, value, ok, expected in (
         ("--learning_rate", args.learning_rate, lambda v: math.isfinite(v) and v > 0, "a float > 0"),
         ("--momentum", args.momentum, lambda v: math.isfinite(v) and v >= 0, "a float >= 0"),
@@ -189,8 +187,12 @@ def check_values(args, method, options):
 def resolve_schedule(args):
     """`(epochs, schedule, step_factors)`, the paper's for the arch when unset."""
     wrn = args.arch.startswith("wrn")
-    epochs = args.epochs if args.epochs is not None else (400 if wrn else 2000)
-    schedule = args.schedule if args.schedule is not None else ([200, 300] if wrn else [500, 1000, 1500])
+    if args.dataset == "digits":
+        paper_epochs, paper_schedule = DIGITS_EPOCHS, []
+    else:
+        paper_epochs, paper_schedule = (400, [200, 300]) if wrn else (2000, [500, 1000, 1500])
+    epochs = args.epochs if args.epochs is not None else paper_epochs
+    schedule = args.schedule if args.schedule is not None else paper_schedule
     factors = args.step_factors if args.step_factors is not None else [0.1] * len(schedule)
     if len(schedule) != len(factors):
         raise FlagError(

@@ -1,42 +1,75 @@
-"""The eight training methods: their options, per-batch plan, mixing and loss.
+"""The training methods: the per-batch plan, the mixing at a position, the loss.
 
-A `Method` holds one method's options (the paper's settings by default). Per
-batch, `draw_plan` draws everything random once (is this a mixing step, the
-position `l`, `lam`, the permutation, a seed for masks and boxes); `mix`
-applies the method at one position given that plan; `loss` forms SPEC's loss
-from the targets the mixing produced. `train_step` and the mixing-point
-layers share one plan, so every position sees the same draw.
+A `Method` holds one method's validated options (the paper's settings by
+default) and reads what the method *is* from the table in
+`patchup_tf.rules`. Per batch, `draw_plan` draws everything random once (is
+this a mixing step, the position `l`, `lam`, the permutation, a seed for
+masks and boxes); `mix` applies the method at one position given that plan;
+`loss` forms the method's loss from the `MixResult` the mixing produced.
+`train_step` and the mixing-point layers share one plan, so every position
+sees the same draw (`docs/methods.md`, "The plan").
 """
-
-import collections
-import math
-import numbers
 
 import tensorflow as tf
 
 from patchup_tf import mixing
-
-from patchup_tf.defaults import (  # noqa: F401  (re-exported)
+from patchup_tf.losses import LOSSES
+from patchup_tf.rules import (  # noqa: F401  (METHODS, NUM_POSITIONS, ... re-exported)
     COMMON_DEFAULTS,
     METHODS,
     NUM_POSITIONS,
     PAPER_DEFAULTS,
+    dropblock_block_size,
+    hidden_positions,
+    method_spec,
+    patchup_block_size,
 )
 
 
-def _invalid(name, expected, value):
-    return mixing._invalid(name, expected, value)
+def _width(features):
+    return min(features.shape[1], features.shape[2])
 
 
-class MixState(collections.namedtuple("MixState", ["y_a", "y_b", "y_mix", "u"])):
-    """`(y_a, y_b, y_mix, u)`: what the loss needs from the mixing."""
+def _mixup_op(method, position, result, plan, seed):
+    return mixing.mixup(result.features, result.y_a, lam=plan["lam"], perm=plan["perm"])
 
-    __slots__ = ()
 
-    @classmethod
-    def clean(cls, targets):
-        """The state of an unmixed batch: `y_a = y_b = y_mix = y`, `u = 1`."""
-        return cls(targets, targets, targets, tf.constant(1.0, tf.float32))
+def _cutmix_op(method, position, result, plan, seed):
+    return mixing.cutmix(result.features, result.y_a, lam=plan["lam"], perm=plan["perm"],
+                         seed=seed)
+
+
+def _cutout_op(method, position, result, plan, seed):
+    out = mixing.cutout(result.features, size=method.options["cutout"], seed=seed)
+    return result._replace(features=out)
+
+
+def _dropblock_op(method, position, result, plan, seed):
+    o = method.options
+    out = mixing.dropblock(
+        result.features, keep_prob=o["keep_prob"],
+        block_size=dropblock_block_size(_width(result.features), o["block_size"]), seed=seed,
+    )
+    return result._replace(features=out)
+
+
+def _patchup_op(method, position, result, plan, seed):
+    o = method.options
+    return mixing.patchup(
+        result.features, result.y_a, mode=method.spec.patchup_mode, gamma=o["gamma"],
+        block_size=patchup_block_size(_width(result.features), o["block_size"]),
+        lam=plan["lam"], perm=plan["perm"], seed=seed,
+    )
+
+
+OPS = {
+    "mixup": _mixup_op,
+    "cutmix": _cutmix_op,
+    "cutout": _cutout_op,
+    "dropblock": _dropblock_op,
+    "patchup": _patchup_op,
+}
+"""The table's op names -> `op(method, position, result, plan, seed) -> MixResult`."""
 
 
 class Method:
@@ -44,81 +77,65 @@ class Method:
 
     Args:
         name: one of `METHODS`.
-        **options: the method's options (see `PAPER_DEFAULTS`) and `loss`
-            (`"bce"`, the reference's BCE on softmax, or `"ce"`). Unset
-            options take the paper's settings; an option the method does
-            not use is an error.
+        **options: the method's options (`PAPER_DEFAULTS[name]`) and `loss`
+            (`"bce"`, the paper's BCE on softmax, or `"ce"`). Unset options
+            take the paper's settings; an option the method does not use is
+            an error.
     """
 
     def __init__(self, name="vanilla", **options):
-        if name not in METHODS:
-            raise _invalid("method", f"one of {', '.join(METHODS)}", name)
-        allowed = {**PAPER_DEFAULTS[name], **COMMON_DEFAULTS}
-        unknown = sorted(set(options) - set(allowed))
-        if unknown:
-            raise ValueError(
-                f"Invalid option(s) {unknown} for method '{name}'. "
-                f"It accepts: {sorted(allowed)}."
-            )
+        self.spec = method_spec(name)
         self.name = name
-        self.options = {**allowed, **options}
-        self._validate()
+        self.options = self.spec.validate(options)
 
-    # ----------------------------------------------------------- options
     def __getattr__(self, key):
         options = self.__dict__.get("options", {})
         if key in options:
             return options[key]
         raise AttributeError(key)
 
-    def _validate(self):
-        o = self.options
-        if o["loss"] not in mixing.LOSSES:
-            raise _invalid("loss", "one of 'bce', 'ce'", o["loss"])
-        if "k" in o:
-            low = 1 if self.name == "dropblock" else 0
-            if not _is_int(o["k"]) or not low <= o["k"] <= NUM_POSITIONS - 1:
-                raise _invalid("k", f"an int in {low}..{NUM_POSITIONS - 1}", o["k"])
-        if "alpha" in o and not (_is_real(o["alpha"]) and math.isfinite(o["alpha"])):
-            raise _invalid("alpha", "a finite float (<= 0 disables mixing)", o["alpha"])
-        if "patchup" in self.name and not (_is_real(o["alpha"]) and o["alpha"] > 0):
-            raise _invalid("alpha", "a float > 0 for PatchUp", o["alpha"])
-        for key in ("gamma", "keep_prob"):
-            if key in o:
-                mixing._check_prob(key, o[key])
-        for key in ("patchup_prob", "cutmix_prob"):
-            if key in o:
-                mixing._check_prob(key, o[key], allow_zero=True)
-        if "block_size" in o:
-            mixing._check_block(o["block_size"], None, None)
-        if "cutout" in o and (not _is_int(o["cutout"]) or o["cutout"] < 0):
-            raise _invalid("cutout", "an int >= 0 (the hole's side)", o["cutout"])
-        if "dropblock_all" in o and not isinstance(o["dropblock_all"], bool):
-            raise _invalid("dropblock_all", "True or False", o["dropblock_all"])
-        if "loss_params" in o:
-            try:
-                lp = tuple(o["loss_params"])
-            except TypeError:
-                lp = (o["loss_params"],)
-            if len(lp) != 2 or not all(_is_real(v) and math.isfinite(v) for v in lp):
-                raise _invalid("loss_params", "two floats (alpha, beta)", lp)
-            o["loss_params"] = tuple(float(v) for v in lp)
-
     def get_config(self):
         return {"name": self.name, **self.options}
 
     @property
     def is_patchup(self):
-        return self.name.endswith("_patchup")
+        return self.spec.patchup_mode is not None
+
+    @property
+    def acts_on_input(self):
+        """True if the method may act on the input images (position 0)."""
+        return self.spec.input_op is not None
 
     @property
     def hidden_positions(self):
         """The positions >= 1 at which this method may act."""
-        if self.name in ("manifold_mixup", "dropblock") or self.is_patchup:
-            return tuple(range(1, self.k + 1))
-        return ()
+        return hidden_positions(self.spec, self.options)
+
+    def acts_at(self, position):
+        """True if the method may act at `position`."""
+        return self.acts_on_input if position == 0 else position in self.hidden_positions
 
     # -------------------------------------------------------------- plan
+    def _alpha(self, law):
+        """A lam law's alpha: a number, or the option holding it (1.0 if unset)."""
+        return self.options.get(law, 1.0) if isinstance(law, str) else law
+
+    def _positions(self, s_pos):
+        spec, o = self.spec, self.options
+        positions = tf.range(NUM_POSITIONS)
+        law = spec.positions
+        if spec.all_option is not None and o[spec.all_option]:
+            law = "all_1_k"
+        if law == "none":
+            return tf.zeros([NUM_POSITIONS], tf.bool)
+        if law == "input":
+            return tf.equal(positions, 0)
+        if law == "all_1_k":
+            return (positions >= 1) & (positions <= o["k"])
+        low = 1 if law == "one_of_1_k" else 0
+        where = tf.random.stateless_uniform([], s_pos, low, o["k"] + 1, dtype=tf.int32)
+        return tf.equal(positions, where)
+
     def draw_plan(self, seed, batch_size):
         """Draws the batch's plan from `seed` (int32[2]).
 
@@ -127,85 +144,45 @@ class Method:
         `perm` (int32[N]), `seed` (int32[2], for masks and boxes).
         """
         s_apply, s_pos, s_lam, s_perm, s_mix, s_lam0 = mixing.split_seed(seed, 6)
-        name, o = self.name, self.options
-        prob = o.get("patchup_prob", o.get("cutmix_prob", 1.0))
-        apply = mixing._uniform([], s_apply) < prob
-        positions = tf.range(NUM_POSITIONS)
-        if name == "vanilla":
-            active = tf.zeros([NUM_POSITIONS], tf.bool)
-        elif name in ("mixup", "cutout", "cutmix"):
-            active = tf.equal(positions, 0)
-        elif name == "dropblock" and o["dropblock_all"]:
-            active = (positions >= 1) & (positions <= o["k"])
+        spec = self.spec
+        prob = self.options[spec.prob_option] if spec.prob_option else 1.0
+        apply = mixing.uniform([], s_apply) < prob
+        active = self._positions(s_pos) & apply
+        input_alpha = self._alpha(spec.input_alpha)
+        if spec.hidden_alpha is not None:
+            # Input and hidden positions draw lam from different laws
+            # (PatchUp: CutMix's Beta(1, 1) at l = 0, Beta(a, a) at l >= 1).
+            hidden = mixing.beta(self._alpha(spec.hidden_alpha), s_lam)
+            lam = tf.where(active[0], mixing.beta(input_alpha, s_lam0), hidden)
         else:
-            low = 1 if name == "dropblock" else 0
-            where = tf.random.stateless_uniform(
-                [], s_pos, low, o["k"] + 1, dtype=tf.int32
-            )
-            active = tf.equal(positions, where)
-        active = active & apply
-        if name == "cutmix":
-            lam = mixing.beta(1.0, s_lam)
-        elif self.is_patchup:
-            # l = 0 is CutMix with lam ~ Beta(1, 1); l >= 1 PatchUp with Beta(a, a).
-            lam = tf.where(active[0], mixing.beta(1.0, s_lam0), mixing.beta(o["alpha"], s_lam))
-        else:
-            lam = mixing.beta(o.get("alpha", 1.0), s_lam)
+            lam = mixing.beta(input_alpha, s_lam)
         perm = mixing.permutation(batch_size, s_perm)
         return {"apply": apply, "active": active, "lam": lam, "perm": perm, "seed": s_mix}
 
     # ---------------------------------------------------------------- mix
-    def mix(self, position, features, state, plan):
-        """Applies the method at `position` (assumed active); returns `(features, state)`."""
-        name, o = self.name, self.options
-        y = state.y_a
+    def mix(self, position, result, plan):
+        """Applies the method at `position` (assumed active) to `result`, a
+        `MixResult` (`MixResult.clean(x, y)` for an unmixed batch)."""
+        op = self.spec.input_op if position == 0 else self.spec.hidden_op
         seed = tf.random.experimental.stateless_fold_in(plan["seed"], position)
-        if name == "cutout":
-            return mixing.cutout(features, size=o["cutout"], seed=seed), state
-        if name == "dropblock":
-            width = min(features.shape[1], features.shape[2])
-            block = min(o["block_size"], width if width % 2 else width - 1)
-            out = mixing.dropblock(
-                features, keep_prob=o["keep_prob"], block_size=block, seed=seed
-            )
-            return out, state
-        if name == "cutmix" or (self.is_patchup and position == 0):
-            result = mixing.cutmix(
-                features, y, lam=plan["lam"], perm=plan["perm"], seed=seed
-            )
-        elif self.is_patchup:
-            width = min(features.shape[1], features.shape[2])
-            result = mixing.patchup(
-                features, y, mode=name.split("_")[0], gamma=o["gamma"],
-                block_size=mixing.patchup_block_size(width, o["block_size"]),
-                lam=plan["lam"], perm=plan["perm"], seed=seed,
-            )
-        else:  # mixup, manifold_mixup
-            result = mixing.mixup(features, y, lam=plan["lam"], perm=plan["perm"])
-        return result.features, MixState(result.y_a, result.y_b, result.y_mix, result.u)
+        return OPS[op](self, position, result, plan, seed)
 
     # --------------------------------------------------------------- loss
-    def loss(self, logits, targets, state, plan):
-        """SPEC's loss for this method (float32 scalar, mean over the batch).
+    def loss(self, logits, targets, result, plan):
+        """The method's loss (float32 scalar, mean over the batch).
 
-        PatchUp steps: `a u L(y_a) + (1-u) L(y_b) + b L(y_mix)`, `(a, b) =
-        loss_params`; other PatchUp steps `L(y)`. CutMix: `u L(y_a) + (1-u)
-        L(y_b)`. Every other method: `L(y_mix)` (`= L(y)` when unmixed).
+        `"patchup"`: `a u L(y_a) + (1-u) L(y_b) + b L(y_mix)` on mixing
+        steps (`(a, b) = loss_params`), `L(y)` on the others. `"pair"`
+        (CutMix): `u L(y_a) + (1-u) L(y_b)`. `"mixed"`: `L(y_mix)` (`= L(y)`
+        when unmixed).
         """
-        fn = mixing.LOSSES[self.options["loss"]]
-        y_a, y_b, y_mix, u = state
-        if self.is_patchup:
+        fn = LOSSES[self.options["loss"]]
+        y_a, y_b, y_mix, u = result.y_a, result.y_b, result.y_mix, result.u
+        form = self.spec.loss_form
+        if form == "patchup":
             a, b = self.options["loss_params"]
             mixed = a * u * fn(logits, y_a) + (1.0 - u) * fn(logits, y_b) + b * fn(logits, y_mix)
             return tf.where(plan["apply"], mixed, fn(logits, targets))
-        if self.name == "cutmix":
+        if form == "pair":
             return u * fn(logits, y_a) + (1.0 - u) * fn(logits, y_b)
         return fn(logits, y_mix)
-
-
-def _is_int(v):
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_real(v):
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)

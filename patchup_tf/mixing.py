@@ -2,9 +2,10 @@
 
 Every function works on NHWC tensors, runs inside `tf.function` (with or
 without XLA) and draws its randomness from TF stateless ops, so the same
-`seed` always gives the same result. The formulas are those of SPEC.md
-(PatchUp, Faramarzi et al., https://arxiv.org/abs/2006.07794, and the
-PyTorch reference https://github.com/chandar-lab/PatchUp):
+`seed` always gives the same result. The formulas are stated in
+`docs/methods.md` (PatchUp, Faramarzi et al.,
+https://arxiv.org/abs/2006.07794, ported from the PyTorch original
+https://github.com/chandar-lab/PatchUp):
 
 * Mixup (https://arxiv.org/abs/1710.09412) and Manifold Mixup
   (https://arxiv.org/abs/1806.05236): `x' = lam x + (1 - lam) x[perm]`.
@@ -16,15 +17,24 @@ PyTorch reference https://github.com/chandar-lab/PatchUp):
 """
 
 import collections
-import math
 import numbers
 
 import tensorflow as tf
 
-MixResult = collections.namedtuple(
-    "MixResult", ["features", "y_a", "y_b", "y_mix", "u", "holes"]
+from patchup_tf.rules import (
+    check_alpha,
+    check_block,
+    check_hole_size,
+    check_patchup_mode,
+    check_prob,
+    invalid,
 )
-MixResult.__doc__ = """What a mixing op returns.
+
+class MixResult(
+    collections.namedtuple("MixResult", ["features", "y_a", "y_b", "y_mix", "u", "holes"],
+                           defaults=[None])
+):
+    """What a mixing op returns, and what the loss reads.
 
 Fields:
     features: the mixed batch, same shape and dtype as the input.
@@ -34,16 +44,15 @@ Fields:
     u: scalar float32, the unchanged share (`lam` for Mixup, the kept-pixel
         fraction for CutMix, `1 - mean(holes)` for PatchUp).
     holes: the binary `(H, W, C)` PatchUp mask, or None.
-"""
+    """
 
-PATCHUP_MODES = ("soft", "hard")
+    __slots__ = ()
 
-
-def _invalid(name, expected, value):
-    return ValueError(
-        f"Invalid value received for argument `{name}`. Expected {expected}. "
-        f"Received: {name}={value!r}"
-    )
+    @classmethod
+    def clean(cls, features, targets):
+        """An unmixed batch: `y_a = y_b = y_mix = y`, `u = 1`."""
+        targets = tf.cast(targets, tf.float32)
+        return cls(features, targets, targets, targets, tf.constant(1.0, tf.float32))
 
 
 def as_seed(seed):
@@ -56,10 +65,10 @@ def as_seed(seed):
     if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
         return tf.constant([int(seed) % (2**31), 0], tf.int32)
     if seed is None or isinstance(seed, (bool, float, str)):
-        raise _invalid("seed", "a Python int or a shape-[2] integer tensor", seed)
+        raise invalid("seed", "a Python int or a shape-[2] integer tensor", seed)
     seed = tf.convert_to_tensor(seed)
     if not seed.dtype.is_integer or seed.shape.rank != 1 or seed.shape[0] != 2:
-        raise _invalid(
+        raise invalid(
             "seed", "a Python int or a shape-[2] integer tensor", seed
         )
     return _non_negative(tf.cast(seed, tf.int32))
@@ -78,15 +87,15 @@ def split_seed(seed, num):
     )
 
 
-def _check_features(features, name="features"):
+def check_features(features, name="features"):
     features = tf.convert_to_tensor(features)
     if features.shape.rank != 4:
-        raise _invalid(
+        raise invalid(
             name, "a 4-D NHWC tensor (batch, height, width, channels)",
             f"<tensor of shape {features.shape}>",
         )
     if not features.dtype.is_floating:
-        raise _invalid(
+        raise invalid(
             name, "a floating-point tensor", f"<tensor of dtype {features.dtype}>"
         )
     return features
@@ -95,13 +104,13 @@ def _check_features(features, name="features"):
 def _check_targets(targets, features):
     targets = tf.convert_to_tensor(targets)
     if targets.shape.rank != 2:
-        raise _invalid(
+        raise invalid(
             "targets", "one-hot float targets of shape (batch, classes)",
             f"<tensor of shape {targets.shape}>",
         )
     n_x, n_y = features.shape[0], targets.shape[0]
     if n_x is not None and n_y is not None and n_x != n_y:
-        raise _invalid(
+        raise invalid(
             "targets",
             f"as many rows as the features' batch size ({n_x})",
             f"<tensor of shape {targets.shape}>",
@@ -109,40 +118,11 @@ def _check_targets(targets, features):
     return tf.cast(targets, tf.float32)
 
 
-def _check_prob(name, value, allow_zero=False):
-    interval = "[0, 1]" if allow_zero else "(0, 1]"
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise _invalid(name, f"a float in {interval}", value)
-    lower_ok = value >= 0 if allow_zero else value > 0
-    if not (lower_ok and value <= 1):
-        raise _invalid(name, f"a float in {interval}", value)
-    return float(value)
-
-
 def _check_lam(lam):
     """A Python-number `lam` must lie in [0, 1]; tensors pass unchecked."""
     if isinstance(lam, (numbers.Real, bool)):
-        _check_prob("lam", lam, allow_zero=True)
+        check_prob("lam", lam, allow_zero=True)
     return lam
-
-
-def _check_block(block_size, height, width):
-    if (
-        not isinstance(block_size, numbers.Integral)
-        or isinstance(block_size, bool)
-        or block_size < 1
-        or block_size % 2 == 0
-    ):
-        raise _invalid("block_size", "a positive odd int", block_size)
-    if (height is not None and block_size > height) or (
-        width is not None and block_size > width
-    ):
-        raise _invalid(
-            "block_size",
-            f"an odd int no larger than the feature map ({height}x{width})",
-            block_size,
-        )
-    return int(block_size)
 
 
 def beta(alpha, seed, shape=()):
@@ -151,12 +131,7 @@ def beta(alpha, seed, shape=()):
     `alpha <= 0` means no mixing: every draw is 1.0 (the reference's
     `get_lambda`). Returns float32.
     """
-    if (
-        not isinstance(alpha, numbers.Real)
-        or isinstance(alpha, bool)
-        or not math.isfinite(alpha)
-    ):
-        raise _invalid("alpha", "a finite float (<= 0 disables mixing)", alpha)
+    alpha = check_alpha(alpha)
     shape = tuple(shape)
     if alpha <= 0:
         return tf.ones(shape, tf.float32)
@@ -167,7 +142,7 @@ def beta(alpha, seed, shape=()):
     return tf.math.divide_no_nan(g1, g1 + g2)
 
 
-def _uniform(shape, seed):
+def uniform(shape, seed):
     """Stateless float32 draws in [0, 1), the same with and without XLA.
 
     `tf.random.stateless_uniform` for floats converts its random bits
@@ -183,7 +158,7 @@ def _uniform(shape, seed):
 
 def permutation(n, seed):
     """A uniformly random permutation of `0..n-1` (int32), from `seed`."""
-    keys = _uniform([n], seed)
+    keys = uniform([n], seed)
     return tf.argsort(keys, stable=True)
 
 
@@ -197,13 +172,13 @@ def mixup(features, targets, *, lam, perm):
 
     `u = lam`; `y_a = y`, `y_b = y[perm]`.
     """
-    features = _check_features(features)
+    features = check_features(features)
     targets = _check_targets(targets, features)
     lam = tf.cast(_check_lam(lam), tf.float32)
     lam_x = tf.cast(lam, features.dtype)
     mixed = lam_x * features + (1 - lam_x) * tf.gather(features, perm)
     y_a, y_b, y_mix = _mix_targets(targets, perm, lam)
-    return MixResult(mixed, y_a, y_b, y_mix, lam, None)
+    return MixResult(mixed, y_a, y_b, y_mix, lam)
 
 
 def cutmix_box(height, width, lam, seed):
@@ -242,7 +217,7 @@ def cutmix(images, targets, *, lam, perm, seed):
     The box comes from `lam` (`cutmix_box`); then `u` is reset to the exact
     kept fraction `1 - box_area / (H W)`, `y_mix = u y + (1-u) y[perm]`.
     """
-    images = _check_features(images, "images")
+    images = check_features(images, "images")
     targets = _check_targets(targets, images)
     _check_lam(lam)
     shape = tf.shape(images)
@@ -255,7 +230,7 @@ def cutmix(images, targets, *, lam, perm, seed):
     area = tf.cast((y2 - y1) * (x2 - x1), tf.float64)
     u = tf.cast(1.0 - area / tf.cast(height * width, tf.float64), tf.float32)
     y_a, y_b, y_mix = _mix_targets(targets, perm, u)
-    return MixResult(mixed, y_a, y_b, y_mix, u, None)
+    return MixResult(mixed, y_a, y_b, y_mix, u)
 
 
 def cutout_mask(batch_size, height, width, size, seed):
@@ -283,11 +258,10 @@ def cutout_mask(batch_size, height, width, size, seed):
 
 def cutout(images, *, size, seed):
     """Cutout: multiplies one `size`-square hole per image by 0 (own position each)."""
-    images = _check_features(images, "images")
-    if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 0:
-        raise _invalid("size", "an int >= 0 (the hole's side in pixels)", size)
+    images = check_features(images, "images")
+    size = check_hole_size("size", size)
     shape = tf.shape(images)
-    keep = cutout_mask(shape[0], shape[1], shape[2], int(size), seed)
+    keep = cutout_mask(shape[0], shape[1], shape[2], size, seed)
     return images * tf.cast(keep, images.dtype)[..., None]
 
 
@@ -307,14 +281,14 @@ def block_holes(shape, rate, block_size, seed):
     `shape` is `(N, H, W, C)`; each seed becomes the square centred on it
     (`max_pool(size b, stride 1, same padding)`).
     """
-    seeds = tf.cast(_uniform(shape, seed) < rate, tf.float32)
+    seeds = tf.cast(uniform(shape, seed) < rate, tf.float32)
     return tf.nn.max_pool2d(seeds, block_size, 1, "SAME")
 
 
-def _static_hw(features):
+def static_hw(features):
     height, width = features.shape[1], features.shape[2]
     if height is None or width is None:
-        raise _invalid(
+        raise invalid(
             "features", "a tensor with static height and width",
             f"<tensor of shape {features.shape}>",
         )
@@ -328,10 +302,10 @@ def dropblock(features, *, keep_prob, block_size, seed):
     (b^2 (W - b + 1)^2)` computed from this map. If every unit were
     dropped the scale is taken as `mask.size` (never inf).
     """
-    features = _check_features(features)
-    keep_prob = _check_prob("keep_prob", keep_prob)
-    height, width = _static_hw(features)
-    block_size = _check_block(block_size, height, width)
+    features = check_features(features)
+    keep_prob = check_prob("keep_prob", keep_prob)
+    height, width = static_hw(features)
+    block_size = check_block(block_size, height, width)
     if keep_prob == 1.0:
         return features
     rate = adjusted_gamma(1.0 - keep_prob, block_size, height, width)
@@ -340,6 +314,13 @@ def dropblock(features, *, keep_prob, block_size, seed):
         tf.reduce_sum(mask), 1.0
     )
     return features * tf.cast(mask * scale, features.dtype)
+
+
+def patchup_holes(height, width, channels, gamma, block_size, seed):
+    """PatchUp's binary float32 `(H, W, C)` holes, ONE mask for the batch:
+    Bernoulli(`gamma_adj`) seeds grown into `b x b` blocks."""
+    rate = adjusted_gamma(gamma, block_size, height, width)
+    return block_holes([1, height, width, channels], rate, block_size, seed)[0]
 
 
 def patchup(features, targets, *, mode, gamma, block_size, lam, perm, seed):
@@ -351,17 +332,15 @@ def patchup(features, targets, *, mode, gamma, block_size, lam, perm, seed):
     soft: `x' = (1-holes) x + holes (lam x + (1-lam) x[perm])`,
     `y_b = lam y + (1-lam) y[perm]`; both `y_a = y`, `y_mix = u y + q y_b`.
     """
-    if mode not in PATCHUP_MODES:
-        raise _invalid("mode", "one of 'soft', 'hard'", mode)
-    features = _check_features(features)
+    check_patchup_mode(mode)
+    features = check_features(features)
     targets = _check_targets(targets, features)
-    gamma = _check_prob("gamma", gamma)
+    gamma = check_prob("gamma", gamma)
     _check_lam(lam)
-    height, width = _static_hw(features)
-    block_size = _check_block(block_size, height, width)
+    height, width = static_hw(features)
+    block_size = check_block(block_size, height, width)
     channels = features.shape[3]
-    rate = adjusted_gamma(gamma, block_size, height, width)
-    holes = block_holes([1, height, width, channels], rate, block_size, seed)[0]
+    holes = patchup_holes(height, width, channels, gamma, block_size, seed)
     # In float64, as CutMix's `u`, so that eager, graph and XLA agree exactly.
     q64 = tf.reduce_sum(tf.cast(holes, tf.float64)) / float(height * width * channels)
     q = tf.cast(q64, tf.float32)
@@ -379,53 +358,3 @@ def patchup(features, targets, *, mode, gamma, block_size, lam, perm, seed):
     mixed = tf.where(tf.cast(holes, tf.bool), patch, features)
     y_mix = u * targets + q * y_b
     return MixResult(mixed, targets, y_b, y_mix, u, holes)
-
-
-def patchup_block_size(width, block_size=7):
-    """SPEC's block for a map of this width: `block_size` (7) on 32-wide maps,
-    5 on 16-wide, 3 on 8-wide and smaller; never above `block_size` or the
-    largest odd number <= width."""
-    if width >= 32:
-        b = block_size
-    elif width >= 16:
-        b = min(block_size, 5)
-    else:
-        b = min(block_size, 3)
-    largest_odd = width if width % 2 else width - 1
-    return max(1, min(b, largest_odd))
-
-
-def bce_on_softmax(logits, targets):
-    """The reference's loss: `mean over N*K of -(t log p + (1-t) log(1-p))`,
-    `p = softmax(logits)`, each log clamped at -100 as `torch.nn.BCELoss`.
-
-    Computed in float32; the gradient stays finite when `p` saturates.
-    """
-    logits = tf.cast(logits, tf.float32)
-    targets = tf.cast(targets, tf.float32)
-    p = tf.nn.softmax(logits, axis=-1)
-    # log p from log_softmax: TF flushes float32 denormals to zero, so
-    # log(softmax) would clamp at -100 where torch's log(p) still reads
-    # -87 .. -103; 1 - p stays the float32 difference, as in the reference.
-    log_p = tf.maximum(tf.nn.log_softmax(logits, axis=-1), -100.0)
-    log_1mp = _clamped_log(1.0 - p)
-    return -tf.reduce_mean(targets * log_p + (1.0 - targets) * log_1mp)
-
-
-def _clamped_log(v):
-    positive = v > 0
-    safe = tf.where(positive, v, tf.ones_like(v))
-    return tf.where(positive, tf.maximum(tf.math.log(safe), -100.0), -100.0)
-
-
-def softmax_ce(logits, targets):
-    """Softmax cross-entropy with (possibly mixed) target distributions, mean over N."""
-    logits = tf.cast(logits, tf.float32)
-    targets = tf.cast(targets, tf.float32)
-    return tf.reduce_mean(
-        tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
-    )
-
-
-LOSSES = {"bce": bce_on_softmax, "ce": softmax_ce}
-

@@ -10,7 +10,7 @@ def plot_curves(history, out_dir):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from patchup_tf.experiment import atomic_write
+    from patchup_tf.files import atomic_write
 
     epochs = [r["epoch"] for r in history]
     panels = {

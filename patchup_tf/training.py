@@ -14,7 +14,7 @@ import random
 import keras
 import tensorflow as tf
 
-from patchup_tf import mixing
+from patchup_tf.losses import softmax_ce
 from patchup_tf.layers.mixing_point import MixingContext, MixingPoint, mixing_context
 from patchup_tf.methods import Method
 from patchup_tf.optimizer import TorchSGD
@@ -115,13 +115,15 @@ class MixingModel(keras.Model):
     def mixed_forward(self, x, targets, plan):
         """Runs the training forward pass under `plan`.
 
-        Returns `(logits, MixState(y_a, y_b, y_mix, u))`.
+        Returns `(logits, MixResult)`: its `features` are the input images
+        the network received (mixed at position 0 where the plan says), its
+        targets and `u` what the loss reads after every position.
         """
         context = MixingContext(self.method, plan, targets)
         with mixing_context(context):
             x = context.mix(0, x)
             logits = self(x, training=True)
-        return logits, context.state
+        return logits, context.result._replace(features=x)
 
     # ------------------------------------------------------------- steps
     def train_step(self, data):
@@ -138,8 +140,8 @@ class MixingModel(keras.Model):
     def _apply_gradients(self, x, targets, plan):
         """Forward, loss, backward and update for one planned batch."""
         with tf.GradientTape() as tape:
-            logits, state = self.mixed_forward(x, targets, plan)
-            loss = self.method.loss(logits, targets, state, plan)
+            logits, result = self.mixed_forward(x, targets, plan)
+            loss = self.method.loss(logits, targets, result, plan)
             # Gradients are summed over replicas: scale to the global mean.
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             scaled = self.optimizer.scale_loss(loss / replicas)
@@ -161,7 +163,7 @@ class MixingModel(keras.Model):
         self._check_images(x)
         targets = self._one_hot(y)
         logits = self(x, training=False)
-        self.loss_tracker.update_state(mixing.softmax_ce(logits, targets))
+        self.loss_tracker.update_state(softmax_ce(logits, targets))
         self.accuracy_tracker.update_state(targets, logits)
         return {m.name: m.result() for m in self.metrics}
 

@@ -51,7 +51,7 @@ def _pyplot():
 
 
 def _save_png(fig, path, dpi=100):
-    from patchup_tf.experiment import atomic_write
+    from patchup_tf.files import atomic_write
 
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
@@ -135,7 +135,7 @@ def figure1_data(model, images_uint8, labels, mean, std, *, position=2, gamma=0.
     """
     import tensorflow as tf
 
-    from patchup_tf import mixing
+    from patchup_tf import mixing, rules
     from patchup_tf.data import normalize
 
     images = np.asarray(images_uint8)
@@ -151,7 +151,7 @@ def figure1_data(model, images_uint8, labels, mean, std, *, position=2, gamma=0.
     if features.shape.rank != 4:
         raise ValueError(f"layer {layer} outputs shape {features.shape}, not a feature map")
     width = int(features.shape[2])
-    block = mixing.patchup_block_size(width, block_size)
+    block = rules.patchup_block_size(width, block_size)
     mask_seed, lam_seed = mixing.split_seed(seed, 2)
     if lam is None:
         lam = float(mixing.beta(float(alpha), lam_seed))
@@ -325,7 +325,7 @@ def write_activation_csv(studies, path):
         studies: dict `model label -> activation_study result`.
         path: the CSV file.
     """
-    from patchup_tf.experiment import atomic_write
+    from patchup_tf.files import atomic_write
 
     def write(tmp):
         with open(tmp, "w", newline="") as f:

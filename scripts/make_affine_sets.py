@@ -1,74 +1,11 @@
-"""Make the eight deformed CIFAR-100 test sets (the reference's `load_data.py --affine_path`).
+"""`patchup-make-affine-sets`: see `patchup_tf.cli.make_affine_sets` (`python scripts/make_affine_sets.py --help`)."""
 
-    python scripts/make_affine_sets.py --affine_path ./data/test/affine/ \
-        --data_dir ./data/cifar100/ [--seed 0]
-
-Reads the official CIFAR-100 test set (torchvision's files or prepared TFDS
-data in --data_dir) and writes DIR/<name>.npz for rotation_20, rotation_40,
-shear_28.6, shear_57.3, zoom_0.6, zoom_0.8, zoom_1.2 and zoom_1.4: uint8
-images, int64 labels, the class names and a JSON description of the
-transform (see patchup_tf.evaluation.affine). Evaluate a model on them with
-`scripts/evaluate.py MODEL --affine_path DIR` or train with
-`scripts/train.py ... --affine_test --affine_path DIR`.
-
-Exit codes: 0 done; 2 bad input (one message on stderr, nothing written).
-"""
-
-import argparse
 import os
 import sys
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 
-from patchup_tf.experiment import fail  # noqa: E402  (TF-free)
-
-
-def build_parser():
-    p = argparse.ArgumentParser(
-        prog="make_affine_sets.py",
-        description="Write the eight deformed CIFAR-100 test sets.",
-    )
-    p.add_argument("--affine_path", required=True, help="output folder")
-    p.add_argument("--data_dir", default=None,
-                   help="CIFAR-100: torchvision's files or prepared TFDS data "
-                   "(default ./data/cifar100)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the per-image draws (each set its own stream)")
-    return p
-
-
-def _describe(spec):
-    unit = "" if spec.kind == "zoom" else " deg"
-    if spec.range is not None:
-        return f"{spec.kind} U[{spec.range[0]:g}, {spec.range[1]:g}]{unit}"
-    return f"{spec.kind} {spec.value:g}"
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.seed < 0:
-        fail(f"--seed must be >= 0, got {args.seed}")
-    if os.path.exists(args.affine_path) and not os.path.isdir(args.affine_path):
-        fail(f"--affine_path {args.affine_path} exists and is not a folder")
-
-    from patchup_tf.data import DataError, load_raw
-    from patchup_tf.evaluation.affine import AFFINE_SETS, make_all_affine_sets
-
-    try:
-        raw = load_raw("cifar100", args.data_dir)
-    except DataError as e:
-        fail(str(e))
-    start = time.time()
-    paths = make_all_affine_sets(raw.x_test, raw.y_test, list(raw.class_names),
-                                 args.affine_path, args.seed)
-    n = raw.x_test.shape[0]
-    for name, path in zip(AFFINE_SETS, paths):
-        print(f"{name:<12} {_describe(AFFINE_SETS[name]):<32} {n} images -> {path}")
-    print(f"wrote {len(paths)} sets in {time.time() - start:.1f}s (seed {args.seed})")
-    return 0
-
+from patchup_tf.cli.make_affine_sets import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,30 +1,11 @@
-"""Train a CNN with PatchUp or a baseline, with the PyTorch reference's flags.
-
-Every command line of the reference README runs with `main.py` replaced by
-`scripts/train.py`, e.g. soft PatchUp on CIFAR-10:
-
-    python scripts/train.py --dataset cifar10 --data_dir ./data/cifar10/ \
-        --root_dir ./experiments/patchup/soft/ --labels_per_class 5000 \
-        --valid_labels_per_class 500 --arch preactresnet18 --learning_rate 0.1 \
-        --momentum 0.9 --decay 0.0001 --epochs 2000 --schedule 500 1000 1500 \
-        --step_factors 0.1 0.1 0.1 --train patchup --alpha 2.0 --patchup_type soft \
-        --patchup_block 7 --patchup_prob 1.0 --gamma 0.75 --job_id 0
-
-Offline quick start (scikit-learn's digits, a few minutes on 2 CPU cores):
-
-    python scripts/train.py --dataset digits --method soft_patchup --epochs 5
-
-Exit codes: 0 done, 2 bad flags or data (one message, nothing half-written),
-3 the loss became NaN (the last good checkpoint is kept).
-"""
+"""`patchup-train`: see `patchup_tf.cli.train` (`python scripts/train.py --help`)."""
 
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 
-from patchup_tf.experiment import run  # noqa: E402
+from patchup_tf.cli.train import main  # noqa: E402
 
 if __name__ == "__main__":
-    run()
+    sys.exit(main())

@@ -5,9 +5,15 @@ import pytest
 import tensorflow as tf
 
 from patchup_tf import methods, mixing
-from patchup_tf.methods import METHODS, NUM_POSITIONS, Method, MixState
+from patchup_tf.methods import METHODS, NUM_POSITIONS, Method
+from patchup_tf.mixing import MixResult
 
 from tests.test_mixing import np_bce_on_softmax, np_softmax_ce
+
+
+def split(result):
+    """`(features, result)` of a `Method.mix` result."""
+    return result.features, result
 
 
 def batch(n=4, h=16, w=16, c=3, k=3, seed=0):
@@ -162,7 +168,7 @@ def test_mix_cutout_at_input():
     m = Method("cutout", cutout=5)
     x, y = batch()
     plan = fixed_plan(0)
-    out, state = m.mix(0, x, MixState.clean(y), plan)
+    out, state = split(m.mix(0, MixResult.clean(x, y), plan))
     np.testing.assert_array_equal(out, mixing.cutout(x, size=5, seed=fold(plan, 0)))
     assert (out.numpy() == 0).any()
     assert float(state.u) == 1.0 and state.y_mix is y
@@ -174,7 +180,7 @@ def test_mix_cutmix_at_input(name):
     m = Method(name)
     x, y = batch()
     plan = fixed_plan(0)
-    out, state = m.mix(0, x, MixState.clean(y), plan)
+    out, state = split(m.mix(0, MixResult.clean(x, y), plan))
     exp = mixing.cutmix(x, y, lam=plan["lam"], perm=plan["perm"], seed=fold(plan, 0))
     np.testing.assert_array_equal(out, exp.features)
     u = float(state.u)
@@ -193,11 +199,11 @@ def test_mix_patchup_hidden_block_rule(mode, shape, block):
     m = Method(f"{mode}_patchup", gamma=0.6)
     x, y = batch(*shape)
     plan = fixed_plan(2)
-    out, state = m.mix(2, x, MixState.clean(y), plan)
+    out, state = split(m.mix(2, MixResult.clean(x, y), plan))
     exp = mixing.patchup(x, y, mode=mode, gamma=0.6, block_size=block, lam=plan["lam"],
                          perm=plan["perm"], seed=fold(plan, 2))
     np.testing.assert_array_equal(out, exp.features)
-    for got, want in zip(state, (exp.y_a, exp.y_b, exp.y_mix, exp.u)):
+    for got, want in zip(state[1:5], (exp.y_a, exp.y_b, exp.y_mix, exp.u)):
         np.testing.assert_array_equal(got, want)
     lam = 0.35
     yp = tf.gather(y, plan["perm"]).numpy()
@@ -208,8 +214,8 @@ def test_mix_patchup_hidden_block_rule(mode, shape, block):
 def test_mix_uses_gamma_option():
     x, y = batch()
     plan = fixed_plan(1)
-    u_low = float(Method("hard_patchup", gamma=0.1).mix(1, x, MixState.clean(y), plan)[1].u)
-    u_high = float(Method("hard_patchup", gamma=0.9).mix(1, x, MixState.clean(y), plan)[1].u)
+    u_low = float(split(Method("hard_patchup", gamma=0.1).mix(1, MixResult.clean(x, y), plan))[1].u)
+    u_high = float(split(Method("hard_patchup", gamma=0.9).mix(1, MixResult.clean(x, y), plan))[1].u)
     assert u_high < u_low
 
 
@@ -218,7 +224,7 @@ def test_mix_dropblock(shape, block):
     m = Method("dropblock", keep_prob=0.7)
     x, y = batch(*shape)
     plan = fixed_plan(1)
-    out, state = m.mix(1, x, MixState.clean(y), plan)
+    out, state = split(m.mix(1, MixResult.clean(x, y), plan))
     np.testing.assert_array_equal(
         out, mixing.dropblock(x, keep_prob=0.7, block_size=block, seed=fold(plan, 1))
     )
@@ -230,8 +236,8 @@ def test_positions_draw_different_masks():
     m = Method("dropblock", keep_prob=0.7, block_size=3, k=2)
     x, y = batch(h=8, w=8)
     plan = fixed_plan(1)
-    a = m.mix(1, x, MixState.clean(y), plan)[0].numpy()
-    b = m.mix(2, x, MixState.clean(y), plan)[0].numpy()
+    a = split(m.mix(1, MixResult.clean(x, y), plan))[0].numpy()
+    b = split(m.mix(2, MixResult.clean(x, y), plan))[0].numpy()
     assert not np.array_equal(a == 0, b == 0)
 
 
@@ -240,7 +246,7 @@ def test_mix_mixup(name, position):
     m = Method(name)
     x, y = batch()
     plan = fixed_plan(position)
-    out, state = m.mix(position, x, MixState.clean(y), plan)
+    out, state = split(m.mix(position, MixResult.clean(x, y), plan))
     perm = plan["perm"].numpy()
     np.testing.assert_allclose(out, 0.35 * x.numpy() + 0.65 * x.numpy()[perm], rtol=1e-6)
     assert float(state.u) == pytest.approx(0.35)
@@ -260,7 +266,7 @@ def test_patchup_loss(name, position, loss):
     m = Method(name, loss_params=(a, b), loss=loss)
     x, y = batch()
     plan = fixed_plan(position)
-    _, state = m.mix(position, x, MixState.clean(y), plan)
+    _, state = split(m.mix(position, MixResult.clean(x, y), plan))
     u = float(state.u)
     assert 0 < u < 1
     L = NP_LOSS[loss]
@@ -268,7 +274,7 @@ def test_patchup_loss(name, position, loss):
     got = float(m.loss(tf.constant(LOGITS), y, state, plan))
     assert got == pytest.approx(expected, rel=1e-5)
     # a non-applied PatchUp step is a vanilla step
-    vanilla = float(m.loss(tf.constant(LOGITS), y, MixState.clean(y), fixed_plan(None, apply=False)))
+    vanilla = float(m.loss(tf.constant(LOGITS), y, MixResult.clean(None, y), fixed_plan(None, apply=False)))
     assert vanilla == pytest.approx(L(LOGITS, y.numpy()), rel=1e-5)
 
 
@@ -277,13 +283,13 @@ def test_cutmix_loss(loss):
     m = Method("cutmix", loss=loss)
     x, y = batch()
     plan = fixed_plan(0)
-    _, state = m.mix(0, x, MixState.clean(y), plan)
+    _, state = split(m.mix(0, MixResult.clean(x, y), plan))
     u = float(state.u)
     L = NP_LOSS[loss]
     expected = u * L(LOGITS, y.numpy()) + (1 - u) * L(LOGITS, tf.gather(y, plan["perm"]).numpy())
     assert float(m.loss(tf.constant(LOGITS), y, state, plan)) == pytest.approx(expected, rel=1e-5)
     skipped = fixed_plan(None, apply=False)
-    assert float(m.loss(tf.constant(LOGITS), y, MixState.clean(y), skipped)) == pytest.approx(
+    assert float(m.loss(tf.constant(LOGITS), y, MixResult.clean(None, y), skipped)) == pytest.approx(
         L(LOGITS, y.numpy()), rel=1e-5)
 
 
@@ -293,7 +299,7 @@ def test_mixup_loss(name, loss):
     m = Method(name, loss=loss)
     x, y = batch()
     plan = fixed_plan(0)
-    _, state = m.mix(0, x, MixState.clean(y), plan)
+    _, state = split(m.mix(0, MixResult.clean(x, y), plan))
     expected = NP_LOSS[loss](LOGITS, state.y_mix)
     assert float(m.loss(tf.constant(LOGITS), y, state, plan)) == pytest.approx(expected, rel=1e-5)
     assert not np.allclose(state.y_mix, y)
@@ -304,13 +310,13 @@ def test_plain_losses(name):
     for loss in ("bce", "ce"):
         m = Method(name, loss=loss)
         y = tf.constant(np.eye(3, dtype=np.float32)[[0, 1, 2, 0]])
-        got = float(m.loss(tf.constant(LOGITS), y, MixState.clean(y), fixed_plan(None)))
+        got = float(m.loss(tf.constant(LOGITS), y, MixResult.clean(None, y), fixed_plan(None)))
         assert got == pytest.approx(NP_LOSS[loss](LOGITS, y.numpy()), rel=1e-5)
 
 
 def test_bce_and_ce_differ():
     y = tf.constant(np.eye(3, dtype=np.float32)[[0, 1, 2, 0]])
-    s = MixState.clean(y)
+    s = MixResult.clean(None, y)
     bce = float(Method("vanilla").loss(tf.constant(LOGITS), y, s, fixed_plan(None)))
     ce = float(Method("vanilla", loss="ce").loss(tf.constant(LOGITS), y, s, fixed_plan(None)))
     assert bce != pytest.approx(ce, rel=1e-2)
@@ -334,8 +340,8 @@ def test_mix_under_xla_equals_eager(name, position):
     plan["lam"] = tf.constant(0.4)
 
     def run(x, y, plan):
-        out, state = m.mix(position, x, MixState.clean(y), plan)
-        return (out, *state)
+        out, state = split(m.mix(position, MixResult.clean(x, y), plan))
+        return (out, *state[1:5])
 
     eager = [t.numpy() for t in run(x, y, plan)]
     xla = [t.numpy() for t in tf.function(run, jit_compile=True)(x, y, plan)]

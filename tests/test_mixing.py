@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from scipy import ndimage
 
-from patchup_tf import mixing
+from patchup_tf import losses, mixing, rules
 
 RNG = np.random.RandomState(1234)
 
@@ -190,7 +190,7 @@ def test_adjusted_gamma_square_is_spec_formula():
     "width,expected", [(32, 7), (64, 7), (16, 5), (31, 5), (8, 3), (15, 3), (4, 3), (3, 3), (2, 1), (1, 1)]
 )
 def test_patchup_block_size_rule(width, expected):
-    assert mixing.patchup_block_size(width) == expected
+    assert rules.patchup_block_size(width) == expected
 
 
 # ------------------------------------------------------------------ PatchUp
@@ -490,14 +490,14 @@ def test_bce_on_softmax_matches_torch_bceloss():
     y2 = one_hot(rng.randint(0, 10, 16), 10)
     lam = rng.uniform(size=(16, 1)).astype(np.float32)
     for t in (y, lam * y + (1 - lam) * y2):
-        got = float(mixing.bce_on_softmax(logits, t))
+        got = float(losses.bce_on_softmax(logits, t))
         assert got == pytest.approx(np_bce_on_softmax(logits, t), rel=1e-5)
 
 
 def test_bce_on_softmax_not_softmax_ce():
     logits = np.array([[2.0, 0.0, -1.0]], np.float32)
     t = one_hot([0], 3)
-    assert float(mixing.bce_on_softmax(logits, t)) != pytest.approx(np_softmax_ce(logits, t), rel=1e-3)
+    assert float(losses.bce_on_softmax(logits, t)) != pytest.approx(np_softmax_ce(logits, t), rel=1e-3)
 
 
 @pytest.mark.parametrize(
@@ -515,7 +515,7 @@ def test_bce_on_softmax_saturated(logits, targets):
     lt = tf.constant(logits)
     with tf.GradientTape() as tape:
         tape.watch(lt)
-        loss = mixing.bce_on_softmax(lt, targets)
+        loss = losses.bce_on_softmax(lt, targets)
     grad = tape.gradient(loss, lt).numpy()
     assert np.isfinite(float(loss)) and np.isfinite(grad).all()
     assert float(loss) == pytest.approx(np_bce_on_softmax(logits, targets), rel=1e-5)
@@ -528,7 +528,7 @@ def test_bce_gradient_finite_across_underflow():
     t = tf.constant(np.tile([0.2, 0.5, 0.3], (len(gaps), 1)), tf.float32)
     with tf.GradientTape() as tape:
         tape.watch(logits)
-        loss = mixing.bce_on_softmax(logits, t)
+        loss = losses.bce_on_softmax(logits, t)
     assert np.isfinite(tape.gradient(loss, logits).numpy()).all()
 
 
@@ -538,7 +538,7 @@ def test_bce_gradient_matches_numeric():
     t = one_hot(rng.randint(0, 5, 4), 5)
     with tf.GradientTape() as tape:
         tape.watch(logits)
-        loss = mixing.bce_on_softmax(logits, t)
+        loss = losses.bce_on_softmax(logits, t)
     grad = tape.gradient(loss, logits).numpy()
     z = logits.numpy()
     num = np.zeros_like(z)
@@ -554,9 +554,9 @@ def test_softmax_ce_matches_numpy():
     rng = np.random.RandomState(1)
     logits = rng.normal(0, 3, (8, 6)).astype(np.float32)
     t = rng.dirichlet(np.ones(6), 8).astype(np.float32)
-    assert float(mixing.softmax_ce(logits, t)) == pytest.approx(np_softmax_ce(logits, t), rel=1e-5)
-    assert set(mixing.LOSSES) == {"bce", "ce"}
-    assert mixing.LOSSES["bce"] is mixing.bce_on_softmax
+    assert float(losses.softmax_ce(logits, t)) == pytest.approx(np_softmax_ce(logits, t), rel=1e-5)
+    assert set(losses.LOSSES) == {"bce", "ce"}
+    assert losses.LOSSES["bce"] is losses.bce_on_softmax
 
 
 # ---------------------------------------------------------------- bad input

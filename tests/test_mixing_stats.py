@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from scipy import stats
 
-from patchup_tf import mixing
+from patchup_tf import mixing, rules
 from patchup_tf.methods import Method
 
 
@@ -49,7 +49,7 @@ def test_expected_hole_fraction_helper():
 @pytest.mark.parametrize("gamma", [0.75, 0.5])
 @pytest.mark.parametrize("width", [32, 16, 8])
 def test_patchup_changed_fraction(width, gamma):
-    b = mixing.patchup_block_size(width)
+    b = rules.patchup_block_size(width)
     assert b == {32: 7, 16: 5, 8: 3}[width]
     rate = mixing.adjusted_gamma(gamma, b, width, width)
     expected = expected_hole_fraction(width, width, b, rate)

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from patchup_tf import mixing
+from patchup_tf import losses, mixing
 from patchup_tf.layers import MixingContext, MixingPoint, mixing_context
-from patchup_tf.methods import METHODS, Method, MixState
+from patchup_tf.methods import METHODS, Method
+from patchup_tf.mixing import MixResult
 from patchup_tf.models import build
 from patchup_tf.optimizer import TorchSGD
 from patchup_tf.training import MixingModel
@@ -252,7 +253,7 @@ def test_train_step_loss_equals_by_hand(method, position, options):
     logits, state = model.mixed_forward(tf.constant(x), targets, plan)
     p = np_softmax(logits.numpy().astype("float64"))
     t = targets.numpy()
-    y_a, y_b, y_mix, u = (np.asarray(v, "float64") for v in state)
+    y_a, y_b, y_mix, u = (np.asarray(v, "float64") for v in state[1:5])
     perm, lam = plan["perm"].numpy(), float(plan["lam"])
     np.testing.assert_array_equal(y_a, t)
 
@@ -417,10 +418,10 @@ def test_mixed_precision(policy, method):
     mixed, losses = [], []
     mix, loss = model.method.mix, model.method.loss
 
-    def recording_mix(position, features, state, plan):
-        out, new_state = mix(position, features, state, plan)
-        mixed.append((position, features.dtype.name, out.dtype.name))
-        return out, new_state
+    def recording_mix(position, result, plan):
+        new = mix(position, result, plan)
+        mixed.append((position, result.features.dtype.name, new.features.dtype.name))
+        return new
 
     def recording_loss(logits, targets, state, plan):
         value = loss(logits, targets, state, plan)
@@ -449,7 +450,7 @@ def test_loss_of_low_precision_logits_is_computed_in_float32():
     rng = np.random.default_rng(0)
     logits = tf.constant(rng.normal(0, 3, (6, NUM_CLASSES)), tf.bfloat16)
     targets = one_hot(np.arange(6) % NUM_CLASSES)
-    value = mixing.bce_on_softmax(logits, targets)
+    value = losses.bce_on_softmax(logits, targets)
     assert value.dtype == tf.float32
     expected = np_bce(np_softmax(tf.cast(logits, tf.float64).numpy()), targets.numpy())
     assert float(value) == pytest.approx(expected, rel=1e-5)
@@ -457,8 +458,9 @@ def test_loss_of_low_precision_logits_is_computed_in_float32():
     method = Method("soft_patchup", k=4)
     plan = _plan_at(method, 2)
     features = tf.cast(tf.random.normal([8, 32, 32, 8]), tf.bfloat16)
-    state = MixState.clean(one_hot(np.arange(8) % NUM_CLASSES))
-    out, state = method.mix(2, features, state, plan)
+    state = MixResult.clean(features, one_hot(np.arange(8) % NUM_CLASSES))
+    state = method.mix(2, state, plan)
+    out = state.features
     assert out.dtype == tf.bfloat16 and state.u.dtype == tf.float32
     assert float(state.u) < 1.0
     # ... and is computed in bfloat16: the soft patch is bfloat16 arithmetic.

@@ -44,13 +44,13 @@ import collections
 import dataclasses
 import json
 import os
-import tempfile
 import zlib
 
 import numpy as np
 import tensorflow as tf
 
 from patchup_tf.evaluation.metrics import evaluate_classifier
+from patchup_tf.files import atomic_write
 
 __all__ = [
     "AFFINE_SETS",
@@ -378,11 +378,9 @@ def save_affine_set(path, images, labels, class_names, description):
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
             np.savez(
                 f,
                 images=images,
@@ -390,23 +388,8 @@ def save_affine_set(path, images, labels, class_names, description):
                 class_names=class_names,
                 description=np.array(text),
             )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return path
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+
+    atomic_write(path, write, suffix=".npz")
     return path
 
 

@@ -301,15 +301,20 @@ def check_eps_list(eps_list):
     return values
 
 
-def affine_set_paths(affine_path):
+def affine_set_paths(affine_path, dataset="cifar100"):
     """The eight `<affine_path>/<name>.npz` paths, or `EvaluationError` naming
-    the missing ones."""
+    the missing ones (or the data set, if it is not CIFAR-100)."""
     from patchup_tf.evaluation.affine import AFFINE_SETS
 
+    if dataset != "cifar100":
+        raise EvaluationError(
+            "the deformed sets are CIFAR-100 test images; --affine_path needs "
+            f"--dataset cifar100, not {dataset}"
+        )
     if not os.path.isdir(affine_path):
         raise EvaluationError(
             f"--affine_path {affine_path} is not a folder; make the deformed sets "
-            f"with: python scripts/make_affine_sets.py --affine_path {affine_path} "
+            f"with: patchup-make-affine-sets --affine_path {affine_path} "
             "--data_dir <CIFAR-100 dir>"
         )
     paths = [os.path.join(affine_path, f"{name}.npz") for name in AFFINE_SETS]
@@ -317,7 +322,7 @@ def affine_set_paths(affine_path):
     if missing:
         raise EvaluationError(
             f"--affine_path {affine_path} lacks {', '.join(missing)}; make them with: "
-            f"python scripts/make_affine_sets.py --affine_path {affine_path} "
+            f"patchup-make-affine-sets --affine_path {affine_path} "
             "--data_dir <CIFAR-100 dir>"
         )
     return paths

@@ -3,6 +3,7 @@
 import keras
 
 from patchup_tf import mixing
+from patchup_tf.rules import check_block, check_prob
 
 
 @keras.saving.register_keras_serializable(package="patchup")
@@ -27,8 +28,8 @@ class DropBlock(keras.layers.Layer):
 
     def __init__(self, keep_prob=0.9, block_size=7, seed=None, **kwargs):
         super().__init__(**kwargs)
-        self.keep_prob = mixing._check_prob("keep_prob", keep_prob)
-        self.block_size = mixing._check_block(block_size, None, None)
+        self.keep_prob = check_prob("keep_prob", keep_prob)
+        self.block_size = check_block(block_size)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.supports_masking = True

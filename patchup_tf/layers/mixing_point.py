@@ -15,7 +15,8 @@ import threading
 import keras
 import tensorflow as tf
 
-from patchup_tf.methods import NUM_POSITIONS, MixState
+from patchup_tf.mixing import MixResult
+from patchup_tf.rules import check_position
 
 _LOCAL = threading.local()  # per thread: MirroredStrategy traces replicas in threads
 
@@ -24,34 +25,27 @@ class MixingContext:
     """The state of one training step: the method, the plan and the targets.
 
     `mix(position, x)` applies the method where the plan says and keeps the
-    resulting `MixState` (`y_a, y_b, y_mix, u`) in `self.state`.
+    resulting `MixResult` (`features, y_a, y_b, y_mix, u`) in `self.result`.
     """
 
     def __init__(self, method, plan, targets):
         self.method = method
         self.plan = plan
-        self.state = MixState.clean(targets)
+        self.result = MixResult.clean(None, targets)
         self.used_positions = set()
 
     def mix(self, position, features):
         self.used_positions.add(position)
-        if position != 0 and position not in self.method.hidden_positions:
+        if not self.method.acts_at(position):
             return features
-        if position == 0 and not _acts_on_input(self.method):
-            return features
-        state = self.state
-
-        def mixed():
-            return self.method.mix(position, features, state, self.plan)
-
-        features, self.state = tf.cond(
-            self.plan["active"][position], mixed, lambda: (features, state)
+        before = self.result._replace(features=features)
+        self.result = tf.cond(
+            self.plan["active"][position],
+            # The mask is not carried on: positions differ in shape.
+            lambda: self.method.mix(position, before, self.plan)._replace(holes=None),
+            lambda: before,
         )
-        return features
-
-
-def _acts_on_input(method):
-    return method.name in ("mixup", "manifold_mixup", "cutout", "cutmix") or method.is_patchup
+        return self.result.features
 
 
 @contextlib.contextmanager
@@ -95,16 +89,7 @@ class MixingPoint(keras.layers.Layer):
 
     def __init__(self, position, **kwargs):
         super().__init__(**kwargs)
-        if (
-            not isinstance(position, int)
-            or isinstance(position, bool)
-            or not 1 <= position < NUM_POSITIONS
-        ):
-            raise ValueError(
-                "Invalid value received for argument `position`. Expected an "
-                f"int in 1..{NUM_POSITIONS - 1}. Received: position={position!r}"
-            )
-        self.position = position
+        self.position = check_position(position)
         self.supports_masking = True
 
     def call(self, inputs, training=None):

@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from patchup_tf import mixing
+from patchup_tf.rules import check_alpha, check_block, check_patchup_mode, check_prob, patchup_block_size
 
 
 @keras.saving.register_keras_serializable(package="patchup")
@@ -34,18 +35,10 @@ class PatchUp(keras.layers.Layer):
 
     def __init__(self, mode="soft", gamma=0.75, block_size=7, alpha=2.0, seed=None, **kwargs):
         super().__init__(**kwargs)
-        if mode not in mixing.PATCHUP_MODES:
-            raise mixing._invalid("mode", "one of 'soft', 'hard'", mode)
-        self.mode = mode
-        self.gamma = mixing._check_prob("gamma", gamma)
-        self.block_size = None if block_size is None else mixing._check_block(block_size, None, None)
-        if (
-            isinstance(alpha, bool)
-            or not isinstance(alpha, (int, float))
-            or not 0 < alpha < float("inf")
-        ):
-            raise mixing._invalid("alpha", "a float > 0", alpha)
-        self.alpha = float(alpha)
+        self.mode = check_patchup_mode(mode)
+        self.gamma = check_prob("gamma", gamma)
+        self.block_size = None if block_size is None else check_block(block_size)
+        self.alpha = check_alpha(alpha, positive=True)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
@@ -58,9 +51,9 @@ class PatchUp(keras.layers.Layer):
             tf.cast(self.seed_generator.next(), tf.int32), 3
         )
         # the smaller side, as `Method.mix`: a non-square map gets a block it can hold
-        features = mixing._check_features(features)
-        height, width = mixing._static_hw(features)
-        block = self.block_size or mixing.patchup_block_size(min(height, width))
+        features = mixing.check_features(features)
+        height, width = mixing.static_hw(features)
+        block = self.block_size or patchup_block_size(min(height, width))
         result = mixing.patchup(
             features, targets, mode=self.mode, gamma=self.gamma, block_size=block,
             lam=mixing.beta(self.alpha, s_lam),

@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 from patchup_tf.layers import MixingContext, MixingPoint, current_context, mixing_context
-from patchup_tf.methods import NUM_POSITIONS, Method, MixState
+from patchup_tf.methods import NUM_POSITIONS, Method
+from patchup_tf.mixing import MixResult
 
 
 def batch(n=4, h=8, w=8, c=3, k=3):
@@ -46,7 +47,7 @@ def test_identity_without_context_or_training():
     with mixing_context(ctx):
         np.testing.assert_array_equal(MixingPoint(1)(x, training=False), x)
         np.testing.assert_array_equal(MixingPoint(1)(x), x)
-    assert float(ctx.state.u) == 1.0
+    assert float(ctx.result.u) == 1.0
 
 
 @pytest.mark.parametrize(
@@ -58,7 +59,8 @@ def test_active_position_mixes_as_the_method(name, options, position):
     x, y = batch()
     method = Method(name, **options)
     plan = plan_at(position)
-    expected, expected_state = method.mix(position, tf.constant(x), MixState.clean(tf.constant(y)), plan)
+    expected_state = method.mix(position, MixResult.clean(tf.constant(x), tf.constant(y)), plan)
+    expected = expected_state.features
     ctx = MixingContext(method, plan, tf.constant(y))
     with mixing_context(ctx):
         assert current_context() is ctx
@@ -66,11 +68,11 @@ def test_active_position_mixes_as_the_method(name, options, position):
     assert current_context() is None
     np.testing.assert_array_equal(out, expected)
     assert not np.array_equal(out, x)
-    for got, want in zip(ctx.state, expected_state):
+    for got, want in zip(ctx.result[1:5], expected_state[1:5]):
         np.testing.assert_array_equal(got, want)
     assert position in ctx.used_positions
     if name != "dropblock":
-        assert float(ctx.state.u) < 1.0
+        assert float(ctx.result.u) < 1.0
 
 
 def test_inactive_positions_are_identity():
@@ -80,8 +82,8 @@ def test_inactive_positions_are_identity():
     with mixing_context(ctx):
         for p in (1, 3, 4):
             np.testing.assert_array_equal(MixingPoint(p)(x, training=True), x)
-    assert float(ctx.state.u) == 1.0
-    np.testing.assert_array_equal(ctx.state.y_mix, y)
+    assert float(ctx.result.u) == 1.0
+    np.testing.assert_array_equal(ctx.result.y_mix, y)
     assert ctx.used_positions == {1, 3, 4}
 
 
@@ -124,11 +126,12 @@ def test_inside_tf_function_with_tensor_plan():
         with mixing_context(ctx):
             h = MixingPoint(1)(x, training=True)
             h = MixingPoint(2)(h, training=True)
-        return h, ctx.state.u
+        return h, ctx.result.u
 
     on = np.array([False, False, True, False, False])
     out, u = step(x, y, on)
-    expected, state = method.mix(2, tf.constant(x), MixState.clean(tf.constant(y)), plan_at(2))
+    state = method.mix(2, MixResult.clean(tf.constant(x), tf.constant(y)), plan_at(2))
+    expected = state.features
     np.testing.assert_array_equal(out, expected)
     assert float(u) == float(state.u)
     out, u = step(x, y, np.zeros(5, bool))

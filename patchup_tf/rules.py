@@ -1,0 +1,336 @@
+"""The rules: what each method is, its options, the names, every validator.
+
+This module imports no TensorFlow, so the command line answers a bad flag
+at once. Everything else reads it: `Method` (the plan and the loss), the
+layers, the flags and the scripts. Adding a method is one `METHODS` entry
+plus its pure op in `patchup_tf.mixing`. The formulas are stated in
+`docs/methods.md`.
+"""
+
+import dataclasses
+import math
+import numbers
+from typing import Optional, Tuple
+
+NUM_POSITIONS = 5  # 0 = input images, 1 = after the stem, 2..4 = after stages 1..3
+DATASETS = ("cifar10", "cifar100", "svhn", "digits")
+ARCHS = ("preactresnet18", "preactresnet34", "wrn28_10", "wrn28_2")
+LOSSES = ("bce", "ce")
+PATCHUP_MODES = ("soft", "hard")
+
+
+# ------------------------------------------------------------- validators
+def invalid(name, expected, value):
+    """The Keras-style error for a bad argument value."""
+    return ValueError(
+        f"Invalid value received for argument `{name}`. Expected {expected}. "
+        f"Received: {name}={value!r}"
+    )
+
+
+def is_int(value):
+    """A Python or NumPy integer, not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value):
+    """A Python or NumPy real number, not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_prob(name, value, allow_zero=False):
+    """A probability in (0, 1], or in [0, 1] with `allow_zero`; returns a float."""
+    interval = "[0, 1]" if allow_zero else "(0, 1]"
+    if not is_real(value):
+        raise invalid(name, f"a float in {interval}", value)
+    lower_ok = value >= 0 if allow_zero else value > 0
+    if not (lower_ok and value <= 1):
+        raise invalid(name, f"a float in {interval}", value)
+    return float(value)
+
+
+def check_alpha(value, positive=False):
+    """Beta's `alpha`: finite (`<= 0` disables mixing), or `> 0` with `positive`."""
+    if positive:
+        if not (is_real(value) and math.isfinite(value) and value > 0):
+            raise invalid("alpha", "a float > 0 for PatchUp", value)
+    elif not (is_real(value) and math.isfinite(value)):
+        raise invalid("alpha", "a finite float (<= 0 disables mixing)", value)
+    return float(value)
+
+
+def check_block(block_size, height=None, width=None):
+    """A positive odd block side, no larger than a `height x width` map if given."""
+    if not is_int(block_size) or block_size < 1 or block_size % 2 == 0:
+        raise invalid("block_size", "a positive odd int", block_size)
+    if (height is not None and block_size > height) or (
+        width is not None and block_size > width
+    ):
+        raise invalid(
+            "block_size",
+            f"an odd int no larger than the feature map ({height}x{width})",
+            block_size,
+        )
+    return int(block_size)
+
+
+def check_position(position, low=1):
+    """A mixing position in `low..NUM_POSITIONS - 1`."""
+    if not is_int(position) or not low <= position < NUM_POSITIONS:
+        raise invalid("position", f"an int in {low}..{NUM_POSITIONS - 1}", position)
+    return int(position)
+
+
+def check_seed(seed, allow_none=True):
+    """A Python or NumPy int (or None); returns a Python int or None."""
+    if seed is None and allow_none:
+        return None
+    if not is_int(seed):
+        raise invalid("seed", "an int", seed)
+    return int(seed)
+
+
+def check_patchup_mode(mode):
+    if mode not in PATCHUP_MODES:
+        raise invalid("mode", "one of 'soft', 'hard'", mode)
+    return mode
+
+
+def largest_odd(side):
+    """The largest odd int `<= side` (at least 1)."""
+    return max(1, side if side % 2 else side - 1)
+
+
+def dropblock_block_size(width, block_size):
+    """DropBlock's block on a map of this width: `block_size`, clipped to the
+    largest odd side the map holds."""
+    return min(block_size, largest_odd(width))
+
+
+def patchup_block_size(width, block_size=7):
+    """PatchUp's block on a map of this width: `block_size` (7) on 32-wide
+    maps, at most 5 on 16-wide, at most 3 on 8-wide and smaller; never above
+    the largest odd number `<= width`."""
+    if width >= 32:
+        b = block_size
+    elif width >= 16:
+        b = min(block_size, 5)
+    else:
+        b = min(block_size, 3)
+    return min(b, largest_odd(width))
+
+
+def cutout_default(dataset, arch):
+    """The paper's Cutout side: 20 on SVHN, 8 for WRN, 16 for PreActResNet."""
+    if dataset == "svhn":
+        return 20
+    return 8 if arch.startswith("wrn") else 16
+
+
+# ---------------------------------------------------------------- options
+def _check_k(value, method):
+    low = 1 if method.hidden_only else 0
+    if not is_int(value) or not low <= value <= NUM_POSITIONS - 1:
+        raise invalid("k", f"an int in {low}..{NUM_POSITIONS - 1}", value)
+    return int(value)
+
+
+def check_hole_size(name, value):
+    """Cutout's hole side: an int >= 0 (0 cuts nothing)."""
+    if not is_int(value) or value < 0:
+        raise invalid(name, "an int >= 0 (the hole's side in pixels)", value)
+    return int(value)
+
+
+def _check_cutout(value, method):
+    return check_hole_size("cutout", value)
+
+
+def _check_bool(name):
+    def check(value, method):
+        if not isinstance(value, bool):
+            raise invalid(name, "True or False", value)
+        return value
+
+    return check
+
+
+def _check_loss_params(value, method):
+    try:
+        pair = tuple(value)
+    except TypeError:
+        pair = (value,)
+    if len(pair) != 2 or not all(is_real(v) and math.isfinite(v) for v in pair):
+        raise invalid("loss_params", "two floats (alpha, beta)", pair)
+    return tuple(float(v) for v in pair)
+
+
+def _check_loss(value, method):
+    if value not in LOSSES:
+        raise invalid("loss", "one of 'bce', 'ce'", value)
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One method option: its validator `check(value, method) -> value`, its
+    command-line flag (None: the method's `block_flag`) and help text."""
+
+    check: object
+    flag: Optional[str]
+    help: str
+
+
+OPTIONS = {
+    "alpha": Option(lambda v, m: check_alpha(v, positive=m.patchup_mode is not None),
+                    "--alpha", "Beta(alpha, alpha) for lam"),
+    "gamma": Option(lambda v, m: check_prob("gamma", v), "--gamma",
+                    "PatchUp: share of features to alter before the block adjustment"),
+    "keep_prob": Option(lambda v, m: check_prob("keep_prob", v), "--keep_prob",
+                        "DropBlock keep probability"),
+    "patchup_prob": Option(lambda v, m: check_prob("patchup_prob", v, allow_zero=True),
+                           "--patchup_prob", "probability of a PatchUp step"),
+    "cutmix_prob": Option(lambda v, m: check_prob("cutmix_prob", v, allow_zero=True),
+                          "--cutmix_prob", "probability of a CutMix step"),
+    "block_size": Option(lambda v, m: check_block(v), None, "block side on 32-wide maps"),
+    "cutout": Option(_check_cutout, "--cutout", "Cutout's hole side in pixels"),
+    "dropblock_all": Option(_check_bool("dropblock_all"), "--drop_block_all",
+                            "DropBlock at every position 1..k"),
+    "k": Option(_check_k, "--k", "positions 0..k may mix"),
+    "loss_params": Option(_check_loss_params, "--loss_params",
+                          "PatchUp loss weights (alpha, beta)"),
+    "loss": Option(_check_loss, "--loss", "bce: BCE on softmax (the paper's); ce"),
+}
+"""Every method option, by its Python name."""
+
+COMMON_DEFAULTS = {"loss": "bce"}
+"""Options every method takes."""
+
+
+# ---------------------------------------------------------------- methods
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    """What a method is.
+
+    Attributes:
+        name: the method's name.
+        input_op: the op at position 0 (`"mixup"`, `"cutmix"`, `"cutout"`)
+            or None.
+        hidden_op: the op at positions 1..k (`"mixup"`, `"dropblock"`,
+            `"patchup"`) or None.
+        positions: where a step acts: `"none"`, `"input"`, `"one_of_0_k"`
+            (one position drawn uniformly per batch), `"one_of_1_k"`, or
+            `"all_1_k"`; `all_option` (a bool option) switches
+            `"one_of_1_k"` to `"all_1_k"`.
+        prob_option: the option giving the probability of a mixing step
+            (else every step mixes).
+        input_alpha: `lam ~ Beta(input_alpha, input_alpha)` when the input
+            mixes; a number, or the name of the option that holds it.
+        hidden_alpha: the same for hidden positions (None: as the input).
+        loss_form: `"mixed"` `L(y_mix)`; `"pair"` `u L(y_a) + (1-u) L(y_b)`;
+            `"patchup"` `a u L(y_a) + (1-u) L(y_b) + b L(y_mix)` on mixing
+            steps, `L(y)` on the others.
+        patchup_mode: `"soft"` / `"hard"` for PatchUp, else None.
+        defaults: the method's options with the paper's settings.
+        block_flag: the command-line flag of `block_size`.
+    """
+
+    name: str
+    input_op: Optional[str]
+    hidden_op: Optional[str]
+    positions: str
+    loss_form: str
+    defaults: dict
+    prob_option: Optional[str] = None
+    input_alpha: object = "alpha"
+    hidden_alpha: object = None
+    all_option: Optional[str] = None
+    patchup_mode: Optional[str] = None
+    block_flag: Optional[str] = None
+
+    @property
+    def hidden_only(self):
+        """True if the method never acts on the input (so `k >= 1`)."""
+        return self.input_op is None and self.hidden_op is not None
+
+    def options(self):
+        """Every option this method accepts, with its default."""
+        return {**self.defaults, **COMMON_DEFAULTS}
+
+    def validate(self, options):
+        """Returns `options` completed with the defaults and validated.
+
+        Unset options take the paper's settings; an option the method does
+        not use is a `ValueError` that lists the ones it takes.
+        """
+        allowed = self.options()
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"Invalid option(s) {unknown} for method '{self.name}'. "
+                f"It accepts: {sorted(allowed)}."
+            )
+        merged = {**allowed, **options}
+        return {key: OPTIONS[key].check(value, self) for key, value in merged.items()}
+
+    def flag_of(self, option):
+        """The command-line flag that sets `option` for this method."""
+        return OPTIONS[option].flag or self.block_flag
+
+
+_PATCHUP = {"alpha": 2.0, "patchup_prob": 1.0, "block_size": 7, "k": 2,
+            "loss_params": (1.0, 1.0)}
+
+
+def _patchup(mode, gamma, prob):
+    return MethodSpec(
+        name=f"{mode}_patchup", input_op="cutmix", hidden_op="patchup",
+        positions="one_of_0_k", loss_form="patchup", prob_option="patchup_prob",
+        input_alpha=1.0, hidden_alpha="alpha", patchup_mode=mode,
+        block_flag="--patchup_block",
+        defaults={**_PATCHUP, "gamma": gamma, "patchup_prob": prob},
+    )
+
+
+_SPECS = (
+    MethodSpec("vanilla", None, None, "none", "mixed", {}),
+    MethodSpec("mixup", "mixup", None, "input", "mixed", {"alpha": 1.0}),
+    MethodSpec("manifold_mixup", "mixup", "mixup", "one_of_0_k", "mixed",
+               {"alpha": 1.5, "k": 2}),
+    MethodSpec("cutout", "cutout", None, "input", "mixed", {"cutout": 16}),
+    MethodSpec("cutmix", "cutmix", None, "input", "pair", {"cutmix_prob": 0.4},
+               prob_option="cutmix_prob", input_alpha=1.0),
+    MethodSpec("dropblock", None, "dropblock", "one_of_1_k", "mixed",
+               {"block_size": 7, "keep_prob": 0.9, "dropblock_all": True, "k": 2},
+               all_option="dropblock_all", block_flag="--drop_block"),
+    _patchup("soft", 0.75, 1.0),
+    _patchup("hard", 0.5, 0.7),
+)
+
+METHOD_SPECS = {spec.name: spec for spec in _SPECS}
+"""The method table: name -> `MethodSpec`."""
+
+METHODS = tuple(METHOD_SPECS)
+PAPER_DEFAULTS = {name: spec.defaults for name, spec in METHOD_SPECS.items()}
+"""Options each method takes and their defaults (the paper's runs)."""
+
+
+def method_spec(name):
+    """The `MethodSpec` of `name`, or a `ValueError` listing the methods."""
+    if name not in METHOD_SPECS:
+        raise invalid("method", f"one of {', '.join(METHODS)}", name)
+    return METHOD_SPECS[name]
+
+
+def check_choice(name, value, choices):
+    """`value` if it is one of `choices`, else a `ValueError` listing them."""
+    if value not in choices:
+        raise invalid(name, f"one of {', '.join(choices)}", value)
+    return value
+
+
+def hidden_positions(spec, options) -> Tuple[int, ...]:
+    """The positions >= 1 at which a method with these options may act."""
+    if spec.hidden_op is None:
+        return ()
+    return tuple(range(1, options["k"] + 1))
