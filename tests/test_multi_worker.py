@@ -2,7 +2,8 @@
 
 The multi-worker tests start two worker processes on 127.0.0.1 (free
 ports, `TF_CONFIG` cluster `{"worker": [addr0, addr1]}`), as two hosts
-would run them; every process is killed in `finally`. Most use a tiny
+would run them, started again on other ports if a port was taken before a
+worker bound it; every process is killed in `finally`. Most use a tiny
 `MixingModel` (`tests/helpers/multi_worker_tiny.py`, or `scripts/train.py`
 through `tests/helpers/run_experiment.py --tiny`); one runs
 `scripts/train.py` end to end with the smallest real configuration.
@@ -40,15 +41,38 @@ STEPS_PER_EPOCH = 5
 
 
 # ---------------------------------------------------------------- helpers
+# A worker whose port was taken between `free_ports` and its gRPC server
+# start (another process may bind it in that window) fails with this; its
+# whole cluster is then started again on other ports.
+PORT_TAKEN = ("Could not start gRPC server", "Address already in use")
+START_ATTEMPTS = 3
+
+
 def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    """`count` distinct ports that were free a moment ago.
+
+    Drawn below Linux's ephemeral range (32768-60999), where the OS hands
+    out ports for outgoing connections, then checked by binding them. The
+    check cannot reserve them (TF's gRPC server binds without SO_REUSEPORT),
+    so `Cluster` starts again on new ports when a worker finds its port
+    taken."""
+    rng = np.random.default_rng()
+    ports = []
+    while len(ports) < count:
+        port = int(rng.integers(15000, 32000))
+        if port in _HANDED_OUT:  # never twice in one test run
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        ports.append(port)
+    return ports
+
+
+_HANDED_OUT = set()
 
 
 def worker_env(ports, index):
@@ -83,22 +107,35 @@ class Processes:
         with open(proc.log_path) as f:
             return f.read()
 
-    def wait(self, procs, timeout=TIMEOUT):
-        deadline = time.time() + timeout
-        for proc in procs:
-            try:
-                proc.wait(timeout=max(1.0, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                for other in procs:  # the helpers dump their Python stacks on SIGUSR1
-                    if other.poll() is None:
-                        os.kill(other.pid, signal.SIGUSR1)
-                time.sleep(3)
-                self.kill_all()
-                pytest.fail(f"{proc.name} still running after {timeout}s:\n"
-                            + self.output(proc)[-3000:])
-        for proc in procs:
-            assert proc.returncode == 0, f"{proc.name} exited {proc.returncode}:\n" + \
-                self.output(proc)[-3000:]
+    def cluster(self, name, launch, count=2):
+        """Starts `count` workers, `launch(ports, index, attempt) -> (cmd, env)`."""
+        return Cluster(self, name, launch, count)
+
+    def wait(self, clusters, timeout=TIMEOUT):
+        """Waits for every worker of `clusters` to exit 0 (restarting a cluster
+        whose port was taken); fails at the first other exit or at the timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for cluster in clusters:
+                cluster.restart_if_port_taken()
+            procs = [proc for cluster in clusters for proc in cluster.procs]
+            for proc in procs:
+                if proc.poll() not in (None, 0):
+                    self.kill_all()
+                    pytest.fail(f"{proc.name} exited {proc.returncode}:\n"
+                                + self.output(proc)[-3000:])
+            if all(proc.poll() == 0 for proc in procs):
+                return
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        running = [proc for proc in procs if proc.poll() is None]
+        for proc in running:  # the helpers dump their Python stacks on SIGUSR1
+            os.kill(proc.pid, signal.SIGUSR1)
+        time.sleep(3)
+        self.kill_all()
+        pytest.fail(f"{running[0].name} still running after {timeout}s:\n"
+                    + self.output(running[0])[-3000:])
 
     def kill(self, proc):
         if proc.poll() is None:
@@ -119,13 +156,46 @@ class Processes:
         self.kill_all()
 
 
-def wait_for(paths, procs, timeout=TIMEOUT):
-    deadline = time.time() + timeout
+class Cluster:
+    """`count` workers of one job on ports of their own, started again (on new
+    ports, attempt + 1) when one of them could not bind its port."""
+
+    def __init__(self, processes, name, launch, count):
+        self.processes, self.name, self.launch, self.count = processes, name, launch, count
+        self.attempt = 0
+        self._start()
+
+    def _start(self):
+        ports = free_ports(self.count)
+        suffix = f"_attempt{self.attempt}" if self.attempt else ""
+        self.procs = []
+        for index in range(self.count):
+            cmd, env = self.launch(ports, index, self.attempt)
+            self.procs.append(self.processes.start(f"{self.name}{index}{suffix}", cmd, env))
+
+    def restart_if_port_taken(self):
+        for proc in self.procs:
+            if proc.poll() not in (None, 0) and any(
+                    m in self.processes.output(proc) for m in PORT_TAKEN):
+                if self.attempt + 1 >= START_ATTEMPTS:
+                    pytest.fail(f"{proc.name}: port taken {START_ATTEMPTS} times:\n"
+                                + self.processes.output(proc)[-3000:])
+                for other in self.procs:
+                    self.processes.kill(other)
+                self.attempt += 1
+                self._start()
+                return True
+        return False
+
+
+def wait_for(paths, cluster, timeout=TIMEOUT):
+    deadline = time.monotonic() + timeout
     while not all(os.path.exists(p) for p in paths):
-        for proc in procs:
+        cluster.restart_if_port_taken()
+        for proc in cluster.procs:
             if proc.poll() is not None:
                 pytest.fail(f"{proc.name} exited {proc.returncode} before {paths} appeared")
-        if time.time() > deadline:
+        if time.monotonic() > deadline:
             pytest.fail(f"{paths} did not appear within {timeout}s")
         time.sleep(0.2)
 
@@ -221,13 +291,20 @@ def test_train_loop_equals_fit_on_one_host():
 
 # ------------------------------------------------- two workers, tiny model
 def test_two_workers_train_identical_weights_each_on_its_half(tmp_path):
-    ports = free_ports(2)
     script = os.path.join(HELPERS, "multi_worker_tiny.py")
+
+    def out(attempt):
+        return tmp_path / f"out{attempt}"
+
+    def launch(ports, index, attempt):
+        out(attempt).mkdir(exist_ok=True)
+        return [sys.executable, script, "--out", str(out(attempt))], worker_env(ports, index)
+
     with Processes(str(tmp_path)) as procs:
-        workers = [procs.start(f"worker{i}", [sys.executable, script, "--out", str(tmp_path)],
-                               worker_env(ports, i)) for i in range(2)]
-        procs.wait(workers)
-    dumps = [np.load(tmp_path / f"worker_{i}.npz") for i in range(2)]
+        workers = procs.cluster("worker", launch)
+        procs.wait([workers])
+    out_dir = out(workers.attempt)
+    dumps = [np.load(out_dir / f"worker_{i}.npz") for i in range(2)]
     infos = [json.loads(str(d["info"])) for d in dumps]
     weights = sorted(k for k in dumps[0].files if k.startswith("w"))
     assert weights
@@ -260,25 +337,27 @@ def test_two_workers_train_identical_weights_each_on_its_half(tmp_path):
     ends = [e for e in infos[0]["events"] if e[0] == "epoch_end"]
     assert [sorted(e[2]) for e in ends] == [["accuracy", "learning_rate", "loss"]] * 2
     # The chief saved a .keras file and a SavedModel on its own.
-    assert (tmp_path / "chief.keras").exists() and (tmp_path / "chief_saved_model").is_dir()
+    assert (out_dir / "chief.keras").exists() and (out_dir / "chief_saved_model").is_dir()
 
 
 # --------------------------------------------- scripts/train.py end to end
 def test_train_py_on_two_workers_only_the_chief_writes(tmp_path):
-    root = tmp_path / "experiments"
-    ports = free_ports(2)
-    flags = SMALL_FLAGS + ["--arch", "wrn28_2", "--epochs", "1", "--strategy", "multi_worker",
-                           "--root_dir", str(root)]
-    audit = [str(tmp_path / f"audit{i}.jsonl") for i in range(2)]
+    def paths(attempt):  # a started-again cluster writes elsewhere
+        root = tmp_path / f"experiments{attempt}"
+        return root, [str(tmp_path / f"audit{attempt}_{i}.jsonl") for i in range(2)]
+
+    def launch(ports, index, attempt):
+        root, audit = paths(attempt)
+        flags = SMALL_FLAGS + ["--arch", "wrn28_2", "--epochs", "1", "--strategy",
+                               "multi_worker", "--root_dir", str(root)]
+        return ([sys.executable, RUN_EXPERIMENT, "--audit", audit[index], "--audit_root",
+                 str(root), "--"] + flags, worker_env(ports, index))
+
     with Processes(str(tmp_path)) as procs:
-        workers = [
-            procs.start(f"worker{i}", [sys.executable, RUN_EXPERIMENT, "--audit", audit[i],
-                                       "--audit_root", str(root), "--"] + flags,
-                        worker_env(ports, i))
-            for i in range(2)
-        ]
-        procs.wait(workers)
-        outputs = [procs.output(w) for w in workers]
+        workers = procs.cluster("worker", launch)
+        procs.wait([workers])
+        outputs = [procs.output(w) for w in workers.procs]
+    root, audit = paths(workers.attempt)
     exp_dir = experiment_dir(str(root))
     files = set(os.listdir(exp_dir))
     assert {"flags.json", "log.txt", "log.json", "log.csv", "state.npz", "best.keras",
@@ -312,30 +391,30 @@ def test_multi_worker_run_killed_mid_epoch_resumes_exactly(tmp_path):
     marker = str(tmp_path / "paused")
     pause = ["--pause_at_step", str(STEPS_PER_EPOCH + 2), "--pause_marker", marker]
 
-    def start(procs, name, ports, index, hooks, run_root):
-        return procs.start(f"{name}{index}", [sys.executable, RUN_EXPERIMENT, "--tiny"] + hooks
-                           + ["--"] + flags + ["--root_dir", str(run_root)],
-                           worker_env(ports, index))
+    def launcher(run_root, pause_chief=False):
+        # A worker that cannot bind its port fails before writing anything and
+        # its peer blocks before the first checkpoint, so a cluster started
+        # again in the same folder is the same run.
+        def launch(ports, index, attempt):
+            hooks = pause if pause_chief and index == 0 else []
+            return ([sys.executable, RUN_EXPERIMENT, "--tiny"] + hooks + ["--"] + flags
+                    + ["--root_dir", str(run_root)], worker_env(ports, index))
+        return launch
 
     with Processes(str(tmp_path)) as procs:
-        ports = free_ports(4)
-        ports, reference_ports = ports[:2], ports[2:]
-        reference = [start(procs, "uninterrupted", reference_ports, i, [], reference_root)
-                     for i in range(2)]
+        reference = procs.cluster("uninterrupted", launcher(reference_root))
         # The chief blocks at epoch 1, batch 2; the other worker then waits for it.
-        first = [start(procs, "first", ports, i, pause if i == 0 else [], root)
-                 for i in range(2)]
+        first = procs.cluster("first", launcher(root, pause_chief=True))
         wait_for([marker], first)
         exp_dir = experiment_dir(str(root))
         _, meta = state_arrays(exp_dir)
         assert meta["epoch"] == 0
-        for proc in first:  # preempted: the whole job goes down
+        for proc in first.procs:  # preempted: the whole job goes down
             procs.kill(proc)
-        assert all(p.returncode == -signal.SIGKILL for p in first)
-        ports = free_ports(2)
-        second = [start(procs, "second", ports, i, [], root) for i in range(2)]
-        procs.wait(second + reference)
-        outputs = [procs.output(p) for p in second]
+        assert all(p.returncode == -signal.SIGKILL for p in first.procs)
+        second = procs.cluster("second", launcher(root))
+        procs.wait([second, reference])
+        outputs = [procs.output(p) for p in second.procs]
     for out in outputs:  # every worker restored the chief's checkpoint
         assert "after epoch 0" in out, out[-2000:]
     resumed, meta = state_arrays(exp_dir)
