@@ -4,7 +4,17 @@ Every tolerance is stated next to its check. Frequencies use 4 standard
 errors (a false alarm about once in 16 000 runs per check, and the seeds
 are fixed, so a passing run stays passing); each check is tight enough that
 a wrong formula (unadjusted gamma, another block size, a sampler that
-ignores alpha, one position too many) is far outside it.
+ignores alpha, one position too many) is far outside it. Expected values
+are closed forms computed here or in `tests/helpers/stats.py`, never by the
+library.
+
+Beta draws (`assert_beta`): mean and variance within 4 standard errors of
+the closed form, plus KS at p > 1e-3, on 20 000 draws. A 10 % wrong alpha
+moves the variance by 9.4 to 9.8 standard errors, so it passes with
+probability below 1e-7. (KS alone at p > 0.01 on 2000 draws passes
+Beta(2.3, 2.3) for Beta(2, 2) 83 % of the time; at p > 1e-3 on 20 000
+draws none of 200 simulated runs passed.) Each test asserts that its own
+draws reject alpha * 1.1 and alpha / 1.1.
 """
 
 import numpy as np
@@ -14,6 +24,7 @@ from scipy import stats
 
 from patchup_tf import mixing, rules
 from patchup_tf.methods import Method
+from tests.helpers.stats import assert_beta, block_seed_rate
 
 
 def over_seeds(fn, n, second=0, dtype=tf.int32):
@@ -51,7 +62,9 @@ def test_expected_hole_fraction_helper():
 def test_patchup_changed_fraction(width, gamma):
     b = rules.patchup_block_size(width)
     assert b == {32: 7, 16: 5, 8: 3}[width]
-    rate = mixing.adjusted_gamma(gamma, b, width, width)
+    # the seed rate from its closed form gamma W^2 / (b^2 (W - b + 1)^2)
+    rate = gamma * width**2 / (b**2 * (width - b + 1) ** 2)
+    assert rate == pytest.approx(block_seed_rate(gamma, b, width, width))
     expected = expected_hole_fraction(width, width, b, rate)
     x = tf.ones([1, width, width, 4])
     y = tf.ones([1, 2])
@@ -71,7 +84,7 @@ def test_patchup_changed_fraction(width, gamma):
 @pytest.mark.parametrize("width,b", [(32, 7), (8, 3)])
 def test_dropblock_dropped_fraction_and_mean(width, b):
     keep = 0.9
-    rate = mixing.adjusted_gamma(1 - keep, b, width, width)
+    rate = (1 - keep) * width**2 / (b**2 * (width - b + 1) ** 2)  # closed form
     expected = expected_hole_fraction(width, width, b, rate)
     x = tf.ones([8, width, width, 4])
     dropped = []
@@ -101,20 +114,20 @@ def test_dropblock_keeps_the_mean_of_a_noisy_input():
 
 
 # --------------------------------------------------------------------- Beta
-@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0, 8.0])
 def test_beta_is_beta_alpha_alpha(alpha):
-    draws = mixing.beta(alpha, 123, shape=(2000,)).numpy()
+    draws = mixing.beta(alpha, 123, shape=(20_000,)).numpy()
     assert draws.dtype == np.float32 and ((draws >= 0) & (draws <= 1)).all()
-    # KS against Beta(alpha, alpha): p > 0.01
-    assert stats.kstest(draws, stats.beta(alpha, alpha).cdf).pvalue > 0.01
+    # moments and KS against Beta(alpha, alpha); alpha +- 10 % rejected
+    assert_beta(draws, alpha)
     if alpha != 1.0:  # and clearly not the uniform (a sampler ignoring alpha)
         assert stats.kstest(draws, "uniform").pvalue < 1e-3
 
 
 def test_beta_scalar_draws_over_seeds():
     # one lam per batch: scalar draws from successive seeds are Beta(2, 2) too
-    draws = over_seeds(lambda s: mixing.beta(2.0, s), 400, 3, tf.float32)
-    assert stats.kstest(draws, stats.beta(2, 2).cdf).pvalue > 0.01
+    draws = over_seeds(lambda s: mixing.beta(2.0, s), 20_000, 3, tf.float32)
+    assert_beta(draws, 2.0)
     assert stats.kstest(draws, "uniform").pvalue < 1e-3
 
 
@@ -169,19 +182,39 @@ def test_cutout_centre_first_image_uniform_over_seeds():
 
 
 # ------------------------------------------------------------------- CutMix
-def test_cutmix_centre_uniform():
-    # lam 0.96: cut_h = floor(10 * 0.2) = 2, cut_w = floor(12 * 0.2) = 2, so the
-    # box is [c - 1, c + 1) clipped and the centre c is its last row/column
-    h, w, n = 10, 12, 1200
+def cutmix_centres(h, w, n, second):
+    # lam 0.96: cut = floor(side * 0.2) = 2 on sides 10..14, so the box is
+    # [c - 1, c + 1) clipped and the centre c is its last row/column
     lam = np.float32(0.96)
-    boxes = over_seeds(lambda s: tf.stack(mixing.cutmix_box(h, w, lam, s)), n, 4)
-    cy, cx = boxes[:, 1] - 1, boxes[:, 3] - 1
+    boxes = over_seeds(lambda s: tf.stack(mixing.cutmix_box(h, w, lam, s)), n, second)
+    return boxes[:, 1] - 1, boxes[:, 3] - 1
+
+
+def test_cutmix_centre_uniform_and_rows_independent_of_columns():
+    h, w, n = 10, 12, 4000
+    cy, cx = cutmix_centres(h, w, n, 4)
     assert stats.chisquare(np.bincount(cy, minlength=h)).pvalue > 1e-3
     assert stats.chisquare(np.bincount(cx, minlength=w)).pvalue > 1e-3
+    # the joint (cy, cx): 120 cells, 33 expected in each; independence p > 1e-3
+    table = np.zeros((h, w))
+    np.add.at(table, (cy, cx), 1)
+    assert stats.chi2_contingency(table).pvalue > 1e-3
+
+
+def test_cutmix_centre_on_the_diagonal_one_time_in_side():
+    # On a square image independent centres share their coordinate with
+    # probability 1/side (1/12, se 0.0044 over 4000 draws; 4 se = 0.018);
+    # rows and columns drawn from one seed would share it every time.
+    side, n = 12, 4000
+    cy, cx = cutmix_centres(side, side, n, 8)
+    p, same = 1 / side, np.mean(cy == cx)
+    assert abs(same - p) < 4 * np.sqrt(p * (1 - p) / n), same
+    assert abs(np.corrcoef(cy, cx)[0, 1]) < 4 / np.sqrt(n)
 
 
 # --------------------------------------------------------------- draw_plan
 N_PLANS = 1500
+LAM_PLANS = 30_000  # 20 000 at PatchUp's hidden positions (k = 2): Beta checks have power
 
 
 def draw_plans(method, n=N_PLANS, batch=4):
@@ -220,10 +253,10 @@ def test_plan_position_uniform(name, k):
 
 def test_soft_patchup_lam_per_position():
     # l = 0 is CutMix with lam ~ Beta(1, 1); l >= 1 PatchUp with Beta(alpha, alpha)
-    apply, active, lam, _ = draw_plans(Method("soft_patchup", alpha=2.0))
+    apply, active, lam, _ = draw_plans(Method("soft_patchup", alpha=2.0), n=LAM_PLANS)
     at0, hidden = lam[active[:, 0]], lam[~active[:, 0]]
-    assert stats.kstest(at0, "uniform").pvalue > 0.01
-    assert stats.kstest(hidden, stats.beta(2, 2).cdf).pvalue > 0.01
+    assert_beta(at0, 1.0, nearby=None)  # ~10 000 draws: no power claim
+    assert_beta(hidden, 2.0)
     assert stats.kstest(hidden, "uniform").pvalue < 1e-3
 
 
@@ -237,11 +270,11 @@ def test_hard_patchup_apply_frequency():
 
 
 def test_cutmix_plan():
-    apply, active, lam, _ = draw_plans(Method("cutmix"))  # cutmix_prob 0.4
-    assert_freq(apply.sum(), N_PLANS, 0.4, "apply")
+    apply, active, lam, _ = draw_plans(Method("cutmix"), n=LAM_PLANS)  # cutmix_prob 0.4
+    assert_freq(apply.sum(), LAM_PLANS, 0.4, "apply")
     np.testing.assert_array_equal(active[:, 0], apply)
     assert not active[:, 1:].any()
-    assert stats.kstest(lam, "uniform").pvalue > 0.01  # Beta(1, 1)
+    assert_beta(lam, 1.0)  # Beta(1, 1)
 
 
 def test_dropblock_one_position():
@@ -264,13 +297,14 @@ def test_dropblock_all_positions():
      ("vanilla", [False] * 5)],
 )
 def test_fixed_position_methods(name, expected):
-    _, active, lam, _ = draw_plans(Method(name), n=300)
-    np.testing.assert_array_equal(active, np.tile(expected, (300, 1)))
+    n = LAM_PLANS if name == "mixup" else 300
+    _, active, lam, _ = draw_plans(Method(name), n=n)
+    np.testing.assert_array_equal(active, np.tile(expected, (n, 1)))
     if name == "mixup":  # alpha 1.0: lam uniform
-        assert stats.kstest(lam, "uniform").pvalue > 0.01
+        assert_beta(lam, 1.0)
 
 
 def test_manifold_mixup_lam_alpha():
-    _, _, lam, _ = draw_plans(Method("manifold_mixup", alpha=0.4), n=800)
-    assert stats.kstest(lam, stats.beta(0.4, 0.4).cdf).pvalue > 0.01
+    _, _, lam, _ = draw_plans(Method("manifold_mixup", alpha=0.4), n=20_000)
+    assert_beta(lam, 0.4)
     assert stats.kstest(lam, "uniform").pvalue < 1e-3
