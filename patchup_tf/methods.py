@@ -168,15 +168,25 @@ class Method:
         return OPS[op](self, position, result, plan, seed)
 
     # --------------------------------------------------------------- loss
-    def loss(self, logits, targets, result, plan):
+    def loss(self, logits, targets, result, plan, weighted=False):
         """The method's loss (float32 scalar, mean over the batch).
+
+        With `weighted`, the last column of `targets` and of the result's
+        targets is each sample's weight, mixed like the targets (`losses`
+        then weigh `sum(w_i l_i) / N`).
 
         `"patchup"`: `a u L(y_a) + (1-u) L(y_b) + b L(y_mix)` on mixing
         steps (`(a, b) = loss_params`), `L(y)` on the others. `"pair"`
         (CutMix): `u L(y_a) + (1-u) L(y_b)`. `"mixed"`: `L(y_mix)` (`= L(y)`
         when unmixed).
         """
-        fn = LOSSES[self.options["loss"]]
+        base = LOSSES[self.options["loss"]]
+
+        def fn(logits, y):
+            if not weighted:
+                return base(logits, y)
+            return base(logits, y[:, :-1], sample_weight=y[:, -1])
+
         y_a, y_b, y_mix, u = result.y_a, result.y_b, result.y_mix, result.u
         form = self.spec.loss_form
         if form == "patchup":

@@ -9,7 +9,9 @@ the plain network. The recipe (PyTorch's SGD, the step schedule) is here too.
 """
 
 import bisect
+import math
 import random
+import sys
 
 import keras
 import tensorflow as tf
@@ -18,6 +20,7 @@ from patchup_tf.losses import softmax_ce
 from patchup_tf.layers.mixing_point import MixingContext, MixingPoint, mixing_context
 from patchup_tf.methods import Method
 from patchup_tf.optimizer import TorchSGD
+from patchup_tf.rules import check_seed
 
 
 def _mixing_positions(model):
@@ -48,13 +51,9 @@ class MixingModel(keras.Model):
     def __init__(self, *args, method="vanilla", method_options=None, seed=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.method = Method(method, **dict(method_options or {}))
-        if seed is None:
-            seed = random.SystemRandom().randrange(2**31)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(
-                f"Invalid value received for argument `seed`. Expected an int. Received: seed={seed!r}"
-            )
-        self.seed = seed
+        seed = check_seed(seed)
+        self.seed = random.SystemRandom().randrange(2**31) if seed is None else seed
+        check_logits(self)
         present = set(_mixing_positions(self))
         missing = [p for p in self.method.hidden_positions if p not in present]
         if missing:
@@ -65,29 +64,49 @@ class MixingModel(keras.Model):
                 "`patchup_tf.layers.MixingPoint(position)` after the stem and "
                 "stages, or lower `k`."
             )
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.accuracy_tracker = keras.metrics.CategoricalAccuracy(name="accuracy")
-
-    @property
-    def metrics(self):
-        return [self.loss_tracker, self.accuracy_tracker]
 
     # ------------------------------------------------------------ helpers
-    def _one_hot(self, y):
-        """Accepts integer labels (N,) or one-hot targets (N, K) of the right width."""
-        num_classes = self.outputs[0].shape[-1]
+    @property
+    def num_classes(self):
+        return self.outputs[0].shape[-1]
+
+    def _targets(self, y):
+        """One-hot float32 targets from integer labels `(N,)` / `(N, 1)` (also
+        integral floats) or from target distributions `(N, K)`.
+
+        Labels outside `[0, K)` and non-integral float labels raise, also
+        inside `tf.function` (as `InvalidArgumentError`).
+        """
+        k = self.num_classes
         y = tf.convert_to_tensor(y)
-        if y.shape.rank == 1 or (y.shape.rank == 2 and y.shape[-1] == 1 and num_classes != 1):
-            return tf.one_hot(tf.reshape(tf.cast(y, tf.int32), [-1]), num_classes)
-        if y.shape.rank != 2 or y.shape[-1] != num_classes:
+        if y.shape.rank == 1 or (y.shape.rank == 2 and y.shape[-1] == 1 and k != 1):
+            y = tf.reshape(y, [-1])
+            checks = []
+            if not y.dtype.is_integer:
+                checks.append(tf.debugging.assert_equal(
+                    y, tf.round(y), message="Invalid labels: integer class labels are "
+                    "expected, received non-integral float labels (pass one-hot or soft "
+                    "targets of shape (N, K) for soft labels)"))
+            labels = tf.cast(y, tf.int64)
+            checks.append(tf.debugging.assert_non_negative(
+                labels, message=f"Invalid labels: expected class labels in [0, {k}), "
+                "received a negative label"))
+            checks.append(tf.debugging.assert_less(
+                labels, tf.constant(k, tf.int64), message=f"Invalid labels: expected class "
+                f"labels in [0, {k}) for a model with {k} outputs, received a larger label"))
+            with tf.control_dependencies(checks):
+                return tf.one_hot(labels, k, dtype=tf.float32)
+        if y.shape.rank != 2 or y.shape[-1] != k:
             raise ValueError(
                 f"Invalid targets: expected integer labels (N,) or one-hot targets "
-                f"(N, {num_classes}) for a model with {num_classes} classes. "
+                f"(N, {k}) for a model with {k} classes. "
                 f"Received targets of shape {tuple(y.shape)}."
             )
         return tf.cast(y, tf.float32)
 
-    def _check_images(self, x):
+    def _images(self, x):
+        """`x` checked against the model's input shape, as float32 if integer
+        (e.g. uint8 images): every method mixes in floating point."""
         expected = tuple(self.inputs[0].shape[1:])
         got = tuple(x.shape[1:])
         if len(got) != len(expected) or any(
@@ -97,6 +116,8 @@ class MixingModel(keras.Model):
                 f"Invalid images: the model takes (N, {', '.join(map(str, expected))}). "
                 f"Received images of shape {tuple(x.shape)}."
             )
+        x = tf.convert_to_tensor(x)
+        return x if x.dtype.is_floating else tf.cast(x, tf.float32)
 
     def step_seed(self):
         """int32[2] seed of this step and replica: `f(seed, iterations, replica)`."""
@@ -127,27 +148,43 @@ class MixingModel(keras.Model):
 
     # ------------------------------------------------------------- steps
     def train_step(self, data):
-        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-        self._check_images(x)
-        targets = self._one_hot(y)
+        """One mixed step: the plan, the mixing, the method's loss, the update.
+
+        Sample weights (from `sample_weight` or `class_weight`) travel with
+        the targets: a mixed sample's weight is mixed like its targets.
+        The loss is `sum(w_i l_i) / N` (Keras' `sum_over_batch_size`).
+        """
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x = self._images(x)
+        targets = self._targets(y)
+        weighted = sample_weight is not None
+        if weighted:
+            weights = tf.reshape(tf.cast(sample_weight, tf.float32), [-1, 1])
+            targets = tf.concat([targets, weights], axis=-1)
         # The plan is drawn outside XLA: TF's Gamma sampler has no XLA kernel.
         plan = self.draw_plan(x)
-        loss, logits = self._compute_step(x, targets, plan)
-        self.loss_tracker.update_state(loss)
-        self.accuracy_tracker.update_state(targets, logits)
-        return {m.name: m.result() for m in self.metrics}
+        loss, logits = self._compute_step(x, targets, plan, weighted)
+        # Batches are equal (fit drops no data, but the trainer's do): the
+        # plain mean of the batch losses.
+        self._loss_tracker.update_state(loss)
+        return self.compute_metrics(x, y, logits, sample_weight)
 
-    def _apply_gradients(self, x, targets, plan):
-        """Forward, loss, backward and update for one planned batch."""
+    def _apply_gradients(self, x, targets, plan, weighted=False):
+        """Forward, loss, backward and update for one planned batch.
+
+        Returns `(loss, logits)`; the loss is NaN if anything in the step
+        (inputs, loss, gradients, updated weights) was not finite.
+        """
         with tf.GradientTape() as tape:
             logits, result = self.mixed_forward(x, targets, plan)
-            loss = self.method.loss(logits, targets, result, plan)
+            loss = self.method.loss(logits, targets, result, plan, weighted=weighted)
             # Gradients are summed over replicas: scale to the global mean.
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             scaled = self.optimizer.scale_loss(loss / replicas)
         grads = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)
-        return loss, logits
+        finite = _all_finite([x, loss, *grads, *self.trainable_variables])
+        return tf.where(finite, loss, float("nan")), logits
 
     @property
     def _compute_step(self):
@@ -159,17 +196,33 @@ class MixingModel(keras.Model):
         return self._xla_step
 
     def test_step(self, data):
-        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-        self._check_images(x)
-        targets = self._one_hot(y)
+        """Softmax cross-entropy on the clean labels (`loss`) and the compiled
+        metrics, in inference mode."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x = self._images(x)
+        targets = self._targets(y)
         logits = self(x, training=False)
-        self.loss_tracker.update_state(softmax_ce(logits, targets))
-        self.accuracy_tracker.update_state(targets, logits)
-        return {m.name: m.result() for m in self.metrics}
+        weights = None if sample_weight is None else tf.cast(sample_weight, tf.float32)
+        self._loss_tracker.update_state(
+            softmax_ce(logits, targets, sample_weight=weights), sample_weight=tf.shape(x)[0]
+        )
+        return self.compute_metrics(x, y, logits, sample_weight)
 
-    def compile(self, optimizer="rmsprop", jit_compile="auto", **kwargs):
+    def fit(self, *args, callbacks=None, **kwargs):
+        """As `keras.Model.fit`; a non-finite step stops training (the step
+        reports a NaN loss and `StopOnNonFinite` ends the run) unless the
+        callbacks already hold a `keras.callbacks.TerminateOnNaN`."""
+        callbacks = list(callbacks or [])
+        if not any(isinstance(c, keras.callbacks.TerminateOnNaN) for c in callbacks):
+            callbacks.append(StopOnNonFinite())
+        return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    def compile(self, optimizer="rmsprop", jit_compile="auto", metrics=None, **kwargs):
         """As `keras.Model.compile`, without `loss` (the method forms it).
 
+        `metrics` and `weighted_metrics` work as in any Keras model and see
+        the clean labels in the form they were passed (integer labels or
+        one-hot targets) and the logits; `"accuracy"` is always among them.
         `jit_compile=True` compiles each step's forward, backward and update
         with XLA; the plan is drawn outside XLA, which has no kernel for its
         Beta draws (StatelessRandomGamma). `"auto"` is XLA on GPUs only.
@@ -180,7 +233,10 @@ class MixingModel(keras.Model):
                 "'ce' in method_options); compile it without `loss`. "
                 f"Received: loss={kwargs['loss']!r}"
             )
-        super().compile(optimizer=optimizer, jit_compile=False, **kwargs)
+        metrics = list(metrics or [])
+        if not any(m in ("accuracy", "acc") for m in metrics if isinstance(m, str)):
+            metrics.insert(0, "accuracy")
+        super().compile(optimizer=optimizer, jit_compile=False, metrics=metrics, **kwargs)
         if jit_compile == "auto":
             jit_compile = self._resolve_auto_jit_compile()
         self._mixing_jit = bool(jit_compile)
@@ -218,6 +274,51 @@ class MixingModel(keras.Model):
             },
             "seed": self.seed,
         }
+
+
+def _all_finite(tensors):
+    """True if every value of every tensor is finite (one scalar per tensor)."""
+    checks = [tf.reduce_all(tf.math.is_finite(tf.cast(t, tf.float32)))
+              for t in tensors if t is not None]
+    return tf.reduce_all(tf.stack(checks))
+
+
+def check_logits(model):
+    """Raises `ValueError` unless `model` has one `(N, K)` output of logits
+    (no final softmax or sigmoid: the methods' losses apply their own)."""
+    shapes = [tuple(o.shape) for o in model.outputs]
+    if len(shapes) != 1 or len(shapes[0]) != 2:
+        raise ValueError(
+            "Invalid model: expected one output of logits (N, K), e.g. "
+            "`GlobalAveragePooling2D()` then `Dense(num_classes)`. "
+            f"Received outputs of shapes {shapes}."
+        )
+    layer = model.layers[-1] if model.layers else None
+    activation = getattr(layer, "activation", None)
+    name = getattr(activation, "__name__", str(activation)).split(".")[-1]
+    if isinstance(layer, keras.layers.Softmax) or name in ("softmax", "sigmoid"):
+        name = "softmax" if isinstance(layer, keras.layers.Softmax) else name
+        raise ValueError(
+            f"Invalid model: its output layer '{layer.name}' applies a {name}, but "
+            "the methods' losses need logits. Remove it (`Dense(num_classes)` with no "
+            "activation; for keras.applications pass `classifier_activation=None`)."
+        )
+
+
+class StopOnNonFinite(keras.callbacks.TerminateOnNaN):
+    """Stops `fit` when a step reports a non-finite loss, with a clear message.
+
+    `MixingModel`'s step reports NaN when its inputs, loss, gradients or
+    updated weights hold a NaN or an infinity.
+    """
+
+    def on_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            print(f"\nBatch {batch}: a non-finite value (inputs, loss, gradients or "
+                  "weights) appeared; training stopped. Check the inputs or lower the "
+                  "learning rate.", file=sys.stderr)
+            self.model.stop_training = True
 
 
 def step_lr(learning_rate, schedule=(), step_factors=()):

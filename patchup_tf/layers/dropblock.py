@@ -3,7 +3,7 @@
 import keras
 
 from patchup_tf import mixing
-from patchup_tf.rules import check_block, check_prob
+from patchup_tf.rules import check_block, check_prob, check_seed, dropblock_block_size
 
 
 @keras.saving.register_keras_serializable(package="patchup")
@@ -17,8 +17,8 @@ class DropBlock(keras.layers.Layer):
 
     Args:
         keep_prob: float in (0, 1], default 0.9. 1 keeps everything.
-        block_size: positive odd int, default 7; a block larger than the
-            map is an error at call time.
+        block_size: positive odd int, default 7; on a map too small for it,
+            the largest odd side the map holds (as the `dropblock` method).
         seed: optional int, for reproducible masks.
 
     Call arguments:
@@ -30,17 +30,19 @@ class DropBlock(keras.layers.Layer):
         super().__init__(**kwargs)
         self.keep_prob = check_prob("keep_prob", keep_prob)
         self.block_size = check_block(block_size)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed = check_seed(seed)
+        self.seed_generator = keras.random.SeedGenerator(self.seed)
         self.supports_masking = True
 
     def call(self, inputs, training=False):
         if not training or self.keep_prob == 1.0:
             return inputs
+        features = mixing.check_features(inputs)
+        height, width = mixing.static_hw(features)
         return mixing.dropblock(
-            inputs,
+            features,
             keep_prob=self.keep_prob,
-            block_size=self.block_size,
+            block_size=dropblock_block_size(min(height, width), self.block_size),
             seed=self.seed_generator.next(),
         )
 

@@ -92,6 +92,15 @@ class MixingPoint(keras.layers.Layer):
         self.position = check_position(position)
         self.supports_masking = True
 
+    def build(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(
+                f"MixingPoint '{self.name}' (position {self.position}) needs a 4-D NHWC "
+                f"feature map; received an input of shape {tuple(input_shape)}. Place it "
+                "after a convolutional stage, before the pooling and the classifier."
+            )
+        super().build(input_shape)
+
     def call(self, inputs, training=None):
         context = current_context()
         if not training or context is None:

@@ -4,7 +4,16 @@ import keras
 import tensorflow as tf
 
 from patchup_tf import mixing
-from patchup_tf.rules import check_alpha, check_block, check_patchup_mode, check_prob, patchup_block_size
+from patchup_tf.rules import (
+    check_alpha,
+    check_block,
+    check_patchup_mode,
+    check_prob,
+    check_seed,
+    invalid,
+    is_int,
+    patchup_block_size,
+)
 
 
 @keras.saving.register_keras_serializable(package="patchup")
@@ -23,28 +32,44 @@ class PatchUp(keras.layers.Layer):
         mode: `"soft"` (default) or `"hard"`.
         gamma: float in (0, 1], default 0.75, the share of features to alter
             before the block adjustment.
-        block_size: positive odd int, default 7; `None` picks SPEC's rule
-            from the map width (7 on 32, 5 on 16, 3 on 8 and smaller).
+        block_size: positive odd int, default 7 (`None`: 7), the block on
+            32-wide maps; smaller maps take the method's rule (at most 5 on
+            16-wide, at most 3 on 8-wide and smaller; `docs/methods.md`).
         alpha: float > 0, default 2.0, for `lam ~ Beta(alpha, alpha)`.
+        num_classes: int, needed only for integer labels.
         seed: optional int.
 
     Call arguments:
-        inputs: `[features (N, H, W, C), one-hot targets (N, K)]`.
+        inputs: `[features (N, H, W, C), targets]`, targets one-hot or soft
+            `(N, K)`, or integer labels `(N,)` with `num_classes` set.
         training: Python bool.
     """
 
-    def __init__(self, mode="soft", gamma=0.75, block_size=7, alpha=2.0, seed=None, **kwargs):
+    def __init__(self, mode="soft", gamma=0.75, block_size=7, alpha=2.0, num_classes=None,
+                 seed=None, **kwargs):
         super().__init__(**kwargs)
         self.mode = check_patchup_mode(mode)
         self.gamma = check_prob("gamma", gamma)
-        self.block_size = None if block_size is None else check_block(block_size)
+        self.block_size = 7 if block_size is None else check_block(block_size)
         self.alpha = check_alpha(alpha, positive=True)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        if num_classes is not None and not (is_int(num_classes) and num_classes >= 1):
+            raise invalid("num_classes", "an int >= 1 (or None)", num_classes)
+        self.num_classes = num_classes
+        self.seed = check_seed(seed)
+        self.seed_generator = keras.random.SeedGenerator(self.seed)
+
+    def _targets(self, targets):
+        targets = tf.convert_to_tensor(targets)
+        if targets.shape.rank == 1:
+            if self.num_classes is None:
+                raise invalid("num_classes", "an int: integer labels (N,) need the number of "
+                              "classes (or pass one-hot targets (N, K))", None)
+            return tf.one_hot(tf.cast(targets, tf.int32), self.num_classes)
+        return tf.cast(targets, tf.float32)
 
     def call(self, inputs, training=False):
         features, targets = inputs
-        targets = tf.cast(targets, tf.float32)
+        targets = self._targets(targets)
         if not training:
             return features, targets, targets, targets, tf.constant(1.0)
         s_lam, s_perm, s_mask = mixing.split_seed(
@@ -53,7 +78,7 @@ class PatchUp(keras.layers.Layer):
         # the smaller side, as `Method.mix`: a non-square map gets a block it can hold
         features = mixing.check_features(features)
         height, width = mixing.static_hw(features)
-        block = self.block_size or patchup_block_size(min(height, width))
+        block = patchup_block_size(min(height, width), self.block_size)
         result = mixing.patchup(
             features, targets, mode=self.mode, gamma=self.gamma, block_size=block,
             lam=mixing.beta(self.alpha, s_lam),
@@ -69,5 +94,5 @@ class PatchUp(keras.layers.Layer):
         return {
             **super().get_config(),
             "mode": self.mode, "gamma": self.gamma, "block_size": self.block_size,
-            "alpha": self.alpha, "seed": self.seed,
+            "alpha": self.alpha, "num_classes": self.num_classes, "seed": self.seed,
         }

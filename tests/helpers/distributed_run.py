@@ -35,11 +35,7 @@ class BatchProbe(MixingModel):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.batch_tracker = keras.metrics.Mean(name="replica_batch")
-
-    @property
-    def metrics(self):
-        return super().metrics + [self.batch_tracker]
+        self.batch_tracker = keras.metrics.Mean(name="replica_batch")  # tracked by Keras
 
     def train_step(self, data):
         x = keras.utils.unpack_x_y_sample_weight(data)[0]

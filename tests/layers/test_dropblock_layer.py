@@ -138,9 +138,12 @@ def test_bad_block_size(b):
         DropBlock(block_size=b)
 
 
-def test_block_larger_than_map_at_call():
-    with pytest.raises(ValueError, match="block_size=7"):
-        DropBlock(0.9, 7)(np.ones((1, 5, 5, 1), np.float32), training=True)
+def test_block_larger_than_map_is_clipped_as_the_method():
+    # The method's rule: the largest odd side the map holds (5 on a 5x5 map).
+    x = np.ones((1, 5, 5, 1), np.float32)
+    out = DropBlock(0.9, 7, seed=3)(x, training=True)
+    ref = DropBlock(0.9, 5, seed=3)(x, training=True)
+    np.testing.assert_array_equal(out, ref)
 
 
 def test_non_4d_input_in_training():
