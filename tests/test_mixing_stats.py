@@ -62,7 +62,7 @@ def test_expected_hole_fraction_helper():
 def test_patchup_changed_fraction(width, gamma):
     b = rules.patchup_block_size(width)
     assert b == {32: 7, 16: 5, 8: 3}[width]
-    # the seed rate from its closed form gamma W^2 / (b^2 (W - b + 1)^2)
+    # the block-seed rate from its closed form gamma W^2 / (b^2 (W - b + 1)^2)
     rate = gamma * width**2 / (b**2 * (width - b + 1) ** 2)
     assert rate == pytest.approx(block_seed_rate(gamma, b, width, width))
     expected = expected_hole_fraction(width, width, b, rate)

@@ -152,7 +152,7 @@ def test_dropblock_keep_prob_sets_the_dropped_share(width, block_size):
     assert ok, why
     # se 0.0015 to 0.0025 here (400 draws); keep_prob 0.65 or 0.75 moves the
     # share by 0.045 to 0.05, at least 18 se (a miss has probability < 1e-30):
-    # both must be rejected, and so must the seed rate left unadjusted
+    # both must be rejected, and so must the block-seed rate left unadjusted
     # (1 - keep_prob per element).
     for wrong in (keep - 0.05, keep + 0.05):
         assert not mean_check(dropped, expected(wrong))[0], (wrong, why)
