@@ -14,5 +14,7 @@ from patchup_tf.layers import DropBlock, MixingPoint, PatchUp  # noqa: E402
 from patchup_tf.methods import METHODS, Method  # noqa: E402
 from patchup_tf.optimizer import TorchSGD  # noqa: E402
 from patchup_tf.training import MixingModel  # noqa: E402
+from patchup_tf.attach import attach, cut_points  # noqa: E402
 
-__all__ = ["DropBlock", "METHODS", "Method", "MixingModel", "MixingPoint", "PatchUp", "TorchSGD"]
+__all__ = ["DropBlock", "METHODS", "Method", "MixingModel", "MixingPoint", "PatchUp", "TorchSGD",
+           "attach", "cut_points"]

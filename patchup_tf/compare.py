@@ -37,25 +37,15 @@ import statistics
 import sys
 
 from patchup_tf import flags as flags_lib
-from patchup_tf.experiment import atomic_write
+from patchup_tf.files import atomic_write
 
 OUTPUTS = ("comparison.md", "comparison.csv", "comparison.json", "comparison.png")
 MARKERS = ("flags.json", "report.json", "log.json", "state.npz")
 
 # Flags that do not define the setting: the seed and the run's bookkeeping.
-NOT_GROUPED = frozenset({
-    "seed", "job_id", "root_dir", "data_dir", "verbose", "resume", "checkpoint", "strategy",
-    "jit_compile", "affine_test", "affine_path", "fsgm_attack",
-    # accepted for the reference's command lines and ignored by the trainer
-    "dropout", "evaluate", "data_aug", "print_freq", "start_epoch", "ngpu", "workers",
-    "manualSeed",
-})
+NOT_GROUPED = frozenset({"seed", "job_id", *flags_lib.OUTPUT_FLAGS, *flags_lib.COMPAT_FLAGS})
 # Flags replaced by their resolved values (the method, its options, the schedule).
-RESOLVED = frozenset({
-    "train", "method", "patchup_type", "alpha", "cutout", "drop_block", "drop_block_all", "k",
-    "keep_prob", "gamma", "patchup_block", "patchup_prob", "cutmix_prob", "loss_params", "loss",
-    "epochs", "schedule", "step_factors", "precision", "mixed_precision",
-})
+RESOLVED = frozenset(flags_lib.RESOLVED_FLAGS)
 
 
 class Problem(Exception):

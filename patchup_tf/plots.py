@@ -9,13 +9,14 @@ def plot_curves(history, out_dir):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from patchup_tf.files import atomic_write
 
     epochs = [r["epoch"] for r in history]
     panels = {
-        "loss.png": ("loss", [("train_loss", "train (mixed)"), ("valid_loss", "valid CE"),
-                              ("test_loss", "test CE")]),
+        "loss.png": ("loss", [("train_loss", "train objective (mixed targets)"),
+                              ("valid_loss", "valid CE"), ("test_loss", "test CE")]),
         "accuracy.png": ("top-1 accuracy (%)", [("train_accuracy", "train"),
                                                 ("valid_top1", "valid"), ("test_top1", "test")]),
     }
@@ -24,6 +25,7 @@ def plot_curves(history, out_dir):
         for key, label in series:
             ax.plot(epochs, [r[key] for r in history], marker="o" if len(epochs) < 30 else None,
                     label=label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs only
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)

@@ -63,19 +63,13 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 LOG_DIR = "sweep_logs"
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_SCRIPT = os.path.join(os.path.dirname(_HERE), "scripts", "train.py")
-# The trainer, as a command prefix: the checkout's scripts/train.py, else the
-# same entry point through the installed package.
-TRAIN_COMMAND = ([sys.executable, _SCRIPT] if os.path.isfile(_SCRIPT) else
-                 [sys.executable, "-c", "from patchup_tf.experiment import run; run()"])
+# The trainer, as a command prefix (`patchup-train`).
+TRAIN_COMMAND = [sys.executable, "-m", "patchup_tf.cli.train"]
 
 # Trainer flags that do not change what a finished folder holds (a finished
-# run made with other values of these is still skipped).
-_NOT_COMPARED = frozenset({
-    "root_dir", "data_dir", "verbose", "resume", "strategy", "jit_compile", "checkpoint",
-    "fsgm_attack", "affine_test", "affine_path",  # checked against report.json instead
-})
+# run made with other values of these is still skipped; --fsgm_attack and
+# --affine_test are checked against report.json instead).
+_NOT_COMPARED = frozenset(flags_lib.OUTPUT_FLAGS)
 
 
 class SweepError(ValueError):
@@ -266,20 +260,12 @@ def expand(options, axes):
 def resolve(argv, parser=None):
     """`(args, experiment_folder)` of one trainer command, as the trainer names it.
 
-    The same checks as the trainer's command line (without loading
-    TensorFlow); raises `_ParseError` or `flags.FlagError`.
+    The trainer's own checks (`flags.resolve`); raises `_ParseError` or
+    `flags.FlagError`.
     """
     parser = parser or _trainer_parser()
-    args = parser.parse_args(argv)
-    method = flags_lib.resolve_method(args)
-    epochs, _, _ = flags_lib.resolve_schedule(args)
-    flags_lib.check_values(args, method, flags_lib.method_options(args, method))
-    name = flags_lib.experiment_name(args, method, epochs)
-    if len(name.encode()) > 255:  # the trainer's own limit
-        raise flags_lib.FlagError(
-            f"the experiment folder name would be {len(name.encode())} bytes long, more than "
-            "file systems allow (255); shorten --add_name or --job_id")
-    return args, os.path.join(args.root_dir, name)
+    resolved = flags_lib.resolve(parser.parse_args(argv))
+    return resolved.args, os.path.join(resolved.args.root_dir, resolved.name)
 
 
 # ------------------------------------------------------------------ status

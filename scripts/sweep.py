@@ -1,5 +1,11 @@
-"""Run a grid of training runs; see `patchup_tf.sweep` (or `--help`)."""
+"""`patchup-sweep`: see `patchup_tf.sweep` (`python scripts/sweep.py --help`)."""
 
-from patchup_tf.sweep import main
+import os
+import sys
 
-raise SystemExit(main())
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
+
+from patchup_tf.sweep import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

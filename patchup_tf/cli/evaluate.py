@@ -62,11 +62,23 @@ def build_parser():
     return p
 
 
+def experiment_folder(model_path):
+    """The experiment folder MODEL belongs to: itself, or the folder holding
+    it (`EXP/saved_model`, `EXP/best.keras`); None if neither has flags.json."""
+    path = os.path.normpath(os.path.abspath(model_path))
+    for folder in (path, os.path.dirname(path)):
+        if os.path.isfile(os.path.join(folder, "flags.json")):
+            return folder
+    return None
+
+
 def _experiment_dataset(model_path):
-    """The experiment's flags (dataset, data_dir) if MODEL is an experiment."""
-    path = os.path.join(model_path, "flags.json")
-    if not os.path.isfile(path):
+    """The experiment's flags (dataset, data_dir) if MODEL is or is inside an
+    experiment folder."""
+    folder = experiment_folder(model_path)
+    if folder is None:
         return {}
+    path = os.path.join(folder, "flags.json")
     try:
         with open(path) as f:
             return dict((json.load(f) or {}).get("flags") or {})
@@ -99,10 +111,10 @@ def precheck(args):
         eps = list(DEFAULT_EPS)
     if args.affine_test and not args.affine_path:
         fail("--affine_test needs --affine_path DIR (made by patchup-make-affine-sets)")
-    flags = _experiment_dataset(args.model) if os.path.isdir(args.model) else {}
+    flags = _experiment_dataset(args.model)
     dataset = args.dataset or flags.get("dataset")
     if dataset is None:
-        fail("give --dataset (the model is not an experiment folder with flags.json)")
+        fail("give --dataset (the model is not in an experiment folder with flags.json)")
     if dataset not in DATASETS:
         fail(f"the experiment's data set {dataset!r} is not one of {', '.join(DATASETS)}")
     if args.dataset and flags.get("dataset") and args.dataset != flags["dataset"]:

@@ -25,3 +25,7 @@ from patchup_tf.experiment import run
 def main(argv=None):
     run(argv)
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

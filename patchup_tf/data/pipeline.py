@@ -57,6 +57,7 @@ class TrainSpec:
     augment: bool
     flip: bool
     pad: int
+    image_size: Optional[int] = None
 
 
 class Datasets(NamedTuple):
@@ -246,12 +247,13 @@ def _options(ds):
 
 
 def make_train_dataset(
-    x, y, num_classes, *, mean, std, batch_size, seed=0, augment=True, flip=True, pad=2
+    x, y, num_classes, *, mean, std, batch_size, seed=0, augment=True, flip=True, pad=2,
+    image_size=None,
 ):
-    """Shuffled, augmented, normalised training batches of whole size.
-
-    The uint8 arrays are cached; each iteration (epoch) reshuffles them and
-    draws new augmentations, the same sequence of epochs for the same `seed`.
+    """Shuffled, augmented, normalised training batches of whole size: one
+    epoch per iteration, a new one each time (the same sequence of epochs
+    for the same `seed`). The trainer's resumable stream, `train_epochs`, is
+    built by the same code.
 
     Returns:
         A dataset of `(float32 (B, H, W, C) images, float32 (B, K) one-hot)`.
@@ -265,24 +267,25 @@ def make_train_dataset(
             f"the training set size {len(y)} (batches drop the remainder). "
             f"Received: batch_size={batch_size}"
         )
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()
-    ds = ds.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=True)
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    ds = tf.data.Dataset.zip((ds, seeds))
-
-    def transform(batch, batch_seed):
-        images, labels = batch
-        if augment:
-            images = augment_batch(images, batch_seed, flip=flip, pad=pad)
-        return normalize(images, mean, std), tf.one_hot(labels, num_classes)
-
-    ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
-    return _options(ds.prefetch(tf.data.AUTOTUNE))
+    return _one_epoch_per_iteration(TrainSpec(
+        x=x, y=y, num_classes=num_classes, mean=tuple(mean), std=tuple(std),
+        batch_size=batch_size, seed=seed, augment=augment, flip=flip, pad=pad,
+        image_size=image_size))
 
 
-def make_eval_dataset(x, y, num_classes, *, mean, std, batch_size):
-    """Unshuffled, unaugmented, normalised batches (the last may be smaller).
+def _one_epoch_per_iteration(spec):
+    # An epoch key drawn anew at every iteration of the dataset.
+    keys = tf.data.Dataset.random(seed=spec.seed, rerandomize_each_iteration=True).take(1)
+    return _epoch_stream(spec, keys)
+
+
+def _resize(images, image_size):
+    return images if image_size is None else tf.image.resize(images, (image_size, image_size))
+
+
+def make_eval_dataset(x, y, num_classes, *, mean, std, batch_size, image_size=None):
+    """Unshuffled, unaugmented, normalised batches (the last may be smaller),
+    resized to `image_size` squares if given.
 
     Returns:
         A dataset of `(float32 (B, H, W, C) images, float32 (B, K) one-hot)`.
@@ -292,7 +295,7 @@ def make_eval_dataset(x, y, num_classes, *, mean, std, batch_size):
     ds = ds.batch(batch_size, drop_remainder=False)
     ds = ds.map(
         lambda images, labels: (
-            normalize(images, mean, std),
+            _resize(normalize(images, mean, std), image_size),
             tf.one_hot(labels, num_classes),
         ),
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -326,6 +329,16 @@ def train_epochs(datasets, first_epoch=0):
             f"`Datasets` returned by `make_datasets`. Received: {type(datasets)}"
         )
     _check_int(first_epoch, "first_epoch", 0)
+    return _epoch_stream(spec, tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max))
+
+
+def _epoch_stream(spec, epochs):
+    """The training batches of the epochs in `epochs` (int64 epoch keys).
+
+    Epoch `e`'s order is a stateless shuffle seeded by `(seed, e)`, its
+    crops and flips come from `(seed, e, batch index)`: the training
+    pipeline of the trainer, the benchmark and `make_train_dataset`.
+    """
     x = tf.constant(spec.x)
     y = tf.constant(spec.y)
     steps = len(spec.y) // spec.batch_size
@@ -349,10 +362,9 @@ def train_epochs(datasets, first_epoch=0):
             batch_seed = fold_in(fold_in(fold_in(base, 1), epoch), position)
             images = augment_batch(images, batch_seed, flip=spec.flip, pad=spec.pad)
         targets = tf.one_hot(tf.gather(y, indices), spec.num_classes)
-        return normalize(images, spec.mean, spec.std), targets
+        return _resize(normalize(images, spec.mean, spec.std), spec.image_size), targets
 
-    ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max)
-    ds = ds.flat_map(epoch_batches)
+    ds = epochs.flat_map(epoch_batches)
     ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
     return _options(ds.prefetch(tf.data.AUTOTUNE))
 
@@ -368,6 +380,7 @@ def make_datasets(
     augment=True,
     eval_batch_size=None,
     download=False,
+    image_size=None,
 ):
     """Builds the training, validation and test pipelines of a data set.
 
@@ -383,6 +396,8 @@ def make_datasets(
         augment: whether to augment training batches (`AUGMENTATION`).
         eval_batch_size: validation/test batch size; None means `batch_size`.
         download: passed to `load_raw` (TFDS download if nothing is local).
+        image_size: None (the data set's own size) or an int: every image is
+            resized (bilinear, after normalisation) to `image_size` squares.
 
     Returns:
         A `Datasets`.
@@ -391,6 +406,7 @@ def make_datasets(
     _check_int(batch_size, "batch_size", 1)
     _check_int(eval_batch_size, "eval_batch_size", 1, allow_none=True)
     _check_int(seed, "seed", 0)
+    _check_int(image_size, "image_size", 1, allow_none=True)
     default_train, default_valid = DEFAULT_SPLIT[name]
     if labels_per_class is None:
         labels_per_class = default_train
@@ -410,25 +426,17 @@ def make_datasets(
             "`labels_per_class`."
         )
     aug = AUGMENTATION[name]
-    train = make_train_dataset(
-        x_train,
-        y_train,
-        num_classes,
-        mean=mean,
-        std=std,
-        batch_size=batch_size,
-        seed=seed,
-        augment=augment,
-        flip=aug["flip"],
-        pad=aug["pad"],
+    spec = TrainSpec(
+        x=x_train, y=y_train, num_classes=num_classes, mean=tuple(mean), std=tuple(std),
+        batch_size=batch_size, seed=seed, augment=augment, flip=aug["flip"], pad=aug["pad"],
+        image_size=image_size,
     )
+    train = _one_epoch_per_iteration(spec)
     eval_batch_size = eval_batch_size or batch_size
-    valid = make_eval_dataset(
-        x_valid, y_valid, num_classes, mean=mean, std=std, batch_size=eval_batch_size
-    )
-    test = make_eval_dataset(
-        raw.x_test, raw.y_test, num_classes, mean=mean, std=std, batch_size=eval_batch_size
-    )
+    valid = make_eval_dataset(x_valid, y_valid, num_classes, mean=mean, std=std,
+                              batch_size=eval_batch_size, image_size=image_size)
+    test = make_eval_dataset(raw.x_test, raw.y_test, num_classes, mean=mean, std=std,
+                             batch_size=eval_batch_size, image_size=image_size)
     return Datasets(
         train=train,
         valid=valid,
@@ -441,16 +449,5 @@ def make_datasets(
         valid_size=len(y_valid),
         test_size=len(raw.y_test),
         steps_per_epoch=len(y_train) // batch_size,
-        train_spec=TrainSpec(
-            x=x_train,
-            y=y_train,
-            num_classes=num_classes,
-            mean=tuple(mean),
-            std=tuple(std),
-            batch_size=batch_size,
-            seed=seed,
-            augment=augment,
-            flip=aug["flip"],
-            pad=aug["pad"],
-        ),
+        train_spec=spec,
     )
