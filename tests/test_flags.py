@@ -1,4 +1,4 @@
-"""The trainer's command line: the seed's flags, the paper's defaults, names.
+"""The trainer's command line: the PyTorch original's flags, the paper's defaults, names.
 
 Pure parsing: nothing here builds a model or reads data.
 """
@@ -12,7 +12,7 @@ import pytest
 from patchup_tf import flags
 from patchup_tf.experiment import resolve
 from patchup_tf.methods import METHODS, NUM_POSITIONS, PAPER_DEFAULTS, Method
-from tests.scripts.conftest import REPO, SEED_COMMANDS, SEED_README, seed_tokens
+from tests.scripts.conftest import ORIGINAL_COMMANDS, REPO, original_tokens
 
 
 def parse(argv):
@@ -27,20 +27,31 @@ def resolved(argv):
     return method, Method(method, **options).options
 
 
-# ------------------------------------------------------------ seed commands
-def test_seed_commands_are_the_readmes():
-    if not os.path.exists(SEED_README):
-        pytest.skip("the seed README is not on this machine")
-    with open(SEED_README) as f:
-        readme = [line.strip() for line in f if line.startswith("python main.py")]
-    assert readme == list(SEED_COMMANDS.values())
+# ------------------------------------------- the PyTorch original's commands
+def test_original_commands_are_the_readmes_lines():
+    """The 18 README lines as written: one `python main.py` command each,
+    with the README's placeholders, every training method covered."""
+    assert len(ORIGINAL_COMMANDS) == 18
+    methods = set()
+    for label, command in ORIGINAL_COMMANDS.items():
+        assert command.startswith("python main.py --dataset "), label
+        assert command.endswith(" --job_id <JobID>"), label
+        assert "\n" not in command and "  " not in command, label
+        assert ("<X>" in command) == label.startswith(("preact", "fgsm")), label
+        train = command.split("--train ")[1].split()[0]
+        methods.add(train)
+        if train == "patchup":
+            train = command.split("--patchup_type ")[1].split()[0] + "_patchup"
+        assert label.split("_", 1)[1] == train, (label, train)
+    assert methods == {"vanilla", "mixup", "manifold_mixup", "cutout", "cutmix", "dropblock",
+                       "patchup"}
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "svhn"])
 @pytest.mark.parametrize("arch", ["preactresnet18", "preactresnet34"])
-@pytest.mark.parametrize("label", sorted(SEED_COMMANDS))
-def test_every_seed_command_resolves(label, arch, dataset):
-    argv = seed_tokens(label, arch=arch, dataset=dataset)
+@pytest.mark.parametrize("label", sorted(ORIGINAL_COMMANDS))
+def test_every_original_command_resolves(label, arch, dataset):
+    argv = original_tokens(label, arch=arch, dataset=dataset)
     args, config = resolve(argv)
     method, options = config["method"], config["method_options"]
     Method(method, **options)  # the options are valid for the method
@@ -61,18 +72,18 @@ def test_every_seed_command_resolves(label, arch, dataset):
     assert config["experiment_dir"].endswith("_job_id_1")
 
 
-def test_seed_flag_values_reach_the_method():
-    _, config = resolve(seed_tokens("preact_soft_patchup"))
+def test_original_flag_values_reach_the_method():
+    _, config = resolve(original_tokens("preact_soft_patchup"))
     assert config["method_options"] == {"alpha": 2.0, "gamma": 0.75, "patchup_prob": 1.0,
                                         "block_size": 7, "loss": "bce"}
-    _, config = resolve(seed_tokens("preact_dropblock"))
+    _, config = resolve(original_tokens("preact_dropblock"))
     assert config["method_options"] == {"keep_prob": 0.9, "block_size": 7, "dropblock_all": True,
                                         "loss": "bce"}
-    _, config = resolve(seed_tokens("preact_cutmix"))
+    _, config = resolve(original_tokens("preact_cutmix"))
     assert config["method_options"]["cutmix_prob"] == 0.4
-    _, config = resolve(seed_tokens("preact_cutout", dataset="svhn"))
+    _, config = resolve(original_tokens("preact_cutout", dataset="svhn"))
     assert config["method_options"]["cutout"] == 20
-    _, config = resolve(seed_tokens("wrn_cutout"))
+    _, config = resolve(original_tokens("wrn_cutout"))
     assert config["method_options"]["cutout"] == 8
 
 
@@ -82,7 +93,7 @@ def test_string_and_bare_booleans():
     args, _, options = parse(["--train", "dropblock", "--drop_block_all", "False"])
     assert args.drop_block_all is False and options["dropblock_all"] is False
     # The affine command's bare `--affine_test`, followed by another flag.
-    args, _, _ = parse(seed_tokens("affine_soft_patchup"))
+    args, _, _ = parse(original_tokens("affine_soft_patchup"))
     assert args.affine_test is True and args.affine_path == "./data/test/affine/"
     args, _, _ = parse(["--affine_test"])
     assert args.affine_test is True
@@ -248,13 +259,13 @@ def test_check_values_agrees_with_method():
 
 # ------------------------------------------------------------ names
 def test_experiment_name_has_the_job_id_and_the_settings():
-    _, config = resolve(seed_tokens("preact_hard_patchup", job_id="J123"))
+    _, config = resolve(original_tokens("preact_hard_patchup", job_id="J123"))
     name = os.path.basename(config["experiment_dir"])
     assert name.endswith("_job_id_J123")
     for part in ("cifar10", "preactresnet18", "patchup", "hard", "eph_2000", "gamma_0.5",
                  "patchup_prob_0.7", "patchup_block_7", "k_2", "lr_0.1"):
         assert part in name
-    _, other = resolve(seed_tokens("preact_hard_patchup", job_id="J124"))
+    _, other = resolve(original_tokens("preact_hard_patchup", job_id="J124"))
     assert other["experiment_dir"] != config["experiment_dir"]
 
 
@@ -305,5 +316,5 @@ def test_the_extra_flags():
     assert (method, args.batch_size, args.seed, args.mixed_precision, args.strategy) == (
         "cutmix", 64, 7, True, "mirrored")
     assert parse(["--mixed_precision", "False"])[0].mixed_precision is False
-    # The last occurrence of a flag wins (the tests append overrides to seed lines).
+    # The last occurrence of a flag wins (the tests append overrides to the original lines).
     assert parse(["--epochs", "2000", "--epochs", "1"])[0].epochs == 1

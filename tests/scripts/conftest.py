@@ -2,7 +2,8 @@
 
 The data sets are tiny fabricated copies of CIFAR-10, CIFAR-100 and SVHN in
 torchvision's on-disk formats (written by `tests/data/conftest.py`'s
-helpers), so the seed's command lines run offline in seconds per epoch.
+helpers), so the PyTorch original's command lines run offline in seconds per
+epoch.
 """
 
 import json
@@ -29,7 +30,7 @@ TEST_SIZE = {"cifar10": 50, "cifar100": 100, "svhn": 50}
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10}
 WRITERS = {"cifar10": write_cifar10, "cifar100": write_cifar100, "svhn": write_svhn}
 
-# Appended to every seed command line (argparse keeps the last occurrence):
+# Appended to every original command line (argparse keeps the last occurrence):
 # 1 epoch, a few images per class, small batches, a small fast network.
 SMALL = {
     "cifar10": ["--labels_per_class", "4", "--valid_labels_per_class", "2", "--batch_size", "20"],
@@ -39,10 +40,10 @@ SMALL = {
 FAST_ARCH = ["--arch", "wrn28_2"]
 
 
-# The command lines of the seed's README, verbatim (`<X>` is preactresnet18 or
-# preactresnet34, `<JobID>` the job id), labelled.
-SEED_README = "/work/shared/seed/000_6f8f976394f914ea.txt"
-SEED_COMMANDS = dict([
+# The command lines of the PyTorch original's README, verbatim (`<X>` is
+# preactresnet18 or preactresnet34, `<JobID>` the job id), labelled. They are
+# the reference: the tests run them as written, with overrides appended.
+ORIGINAL_COMMANDS = dict([
     ('preact_soft_patchup',
      'python main.py --dataset cifar10 --data_dir ./data/cifar10/ --root_dir ./experiments/patchup/soft/ --labels_per_class 5000 --valid_labels_per_class 500 --arch <X> --learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 2000 --schedule 500 1000 1500 --step_factors 0.1 0.1 0.1 --train patchup --alpha 2.0 --patchup_type soft --patchup_block 7 --patchup_prob 1.0 --gamma 0.75 --job_id <JobID>'),  # noqa: E501
     ('wrn_soft_patchup',
@@ -91,10 +92,10 @@ DATASET_FLAGS = {
 }
 
 
-def seed_tokens(label, arch="preactresnet18", job_id="1", dataset="cifar10"):
-    """A seed command as argv tokens, `python main.py` dropped, placeholders
-    filled, changed for `dataset` by the README's rule."""
-    tokens = shlex.split(SEED_COMMANDS[label].replace("<X>", arch).replace("<JobID>", job_id))
+def original_tokens(label, arch="preactresnet18", job_id="1", dataset="cifar10"):
+    """An original command as argv tokens, `python main.py` dropped,
+    placeholders filled, changed for `dataset` by the README's rule."""
+    tokens = shlex.split(ORIGINAL_COMMANDS[label].replace("<X>", arch).replace("<JobID>", job_id))
     assert tokens[:2] == ["python", "main.py"], tokens[:2]
     tokens = tokens[2:]
     for flag, value in DATASET_FLAGS.get(dataset, {}).items():
@@ -104,11 +105,11 @@ def seed_tokens(label, arch="preactresnet18", job_id="1", dataset="cifar10"):
     return tokens
 
 
-def seed_run_args(label, data_dir, root_dir, dataset="cifar10", epochs=1, extra=()):
-    """`seed_tokens` plus the test's overrides (argparse keeps the last
+def original_run_args(label, data_dir, root_dir, dataset="cifar10", epochs=1, extra=()):
+    """`original_tokens` plus the test's overrides (argparse keeps the last
     occurrence): the fabricated data, tmp root, few epochs, tiny split and
     a small network."""
-    return [*seed_tokens(label, dataset=dataset), "--data_dir", str(data_dir),
+    return [*original_tokens(label, dataset=dataset), "--data_dir", str(data_dir),
             "--root_dir", str(root_dir), "--epochs", str(epochs), *SMALL[dataset], *FAST_ARCH,
             *extra]
 

@@ -20,7 +20,7 @@ from tests.scripts.conftest import (
     experiment_dirs,
     read_state,
     run_train,
-    seed_run_args,
+    original_run_args,
 )
 
 SOFT = ["--train", "patchup", "--patchup_type", "soft"]
@@ -84,13 +84,12 @@ def test_bad_flags(case, fabricated, tmp_path):
     _check_bad_input(proc, root, expected)
     # Answered before TensorFlow loads: nothing of its start-up noise either.
     assert "oneDNN" not in proc.stderr and "absl" not in proc.stderr, describe(proc)
-    assert proc.seconds < 30, f"{case} took {proc.seconds:.1f} s"
 
 
-def test_seed_commands_with_bad_overrides_fail_the_same(fabricated, tmp_path):
-    """The seed's PatchUp command, made contradictory by one more flag."""
+def test_original_commands_with_bad_overrides_fail_the_same(fabricated, tmp_path):
+    """The PyTorch original's PatchUp command, made contradictory by one more flag."""
     root = tmp_path / "experiments"
-    proc = run_train([*seed_run_args("preact_hard_patchup", fabricated.dirs["cifar10"], root),
+    proc = run_train([*original_run_args("preact_hard_patchup", fabricated.dirs["cifar10"], root),
                       "--method", "soft_patchup"], timeout=120)
     _check_bad_input(proc, root, ["--method soft_patchup", "--patchup_type hard"])
 
@@ -174,7 +173,7 @@ def data_case_runs(fabricated, tmp_path_factory):
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
     runs = {}
     root = str(base / "nan_first_epoch" / "experiments")
-    runs["nan_first_epoch"] = (root, pool.submit(run_train, seed_run_args(
+    runs["nan_first_epoch"] = (root, pool.submit(run_train, original_run_args(
         "preact_vanilla", fabricated.dirs["cifar10"], root, extra=["--learning_rate", "1e36"]),
         600))
     for case, (dataset, make, extra, _, _) in sorted(DATA_CASES.items()):
@@ -205,7 +204,7 @@ def test_nan_loss_stops_with_exit_3_and_keeps_the_last_good_checkpoint(fabricate
     """Epoch 0 trains at lr 0.1; from epoch 1 the schedule multiplies it by
     1e35, so the loss becomes NaN (or inf) within a step or two."""
     root = tmp_path / "experiments"
-    argv = seed_run_args("preact_vanilla", fabricated.dirs["cifar10"], root, epochs=3,
+    argv = original_run_args("preact_vanilla", fabricated.dirs["cifar10"], root, epochs=3,
                          extra=["--schedule", "1", "--step_factors", "1e35"])
     proc = run_train(argv, timeout=600)
     assert proc.returncode == 3, describe(proc)

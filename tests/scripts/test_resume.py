@@ -1,6 +1,6 @@
 """A killed run, started again with the same command, ends as if never killed.
 
-Run A: the seed's hard PatchUp command, 3 epochs, uninterrupted (in the
+Run A: the PyTorch original's hard PatchUp command, 3 epochs, uninterrupted (in the
 background, alongside B's first part). Run B: the same command in another
 --root_dir, SIGKILLed mid-epoch (right after the
 first epoch's state is written), started again and SIGKILLed while it
@@ -25,7 +25,7 @@ from tests.scripts.conftest import (
     only_experiment,
     read_state,
     run_train,
-    seed_run_args,
+    original_run_args,
     start_train,
 )
 
@@ -70,7 +70,7 @@ def _report(exp):
 
 def test_killed_run_resumes_exactly(fabricated, tmp_path):
     def argv(root):
-        return seed_run_args("preact_hard_patchup", fabricated.dirs["cifar10"], root,
+        return original_run_args("preact_hard_patchup", fabricated.dirs["cifar10"], root,
                              epochs=EPOCHS, extra=["--verbose", "2"])
 
     root_a, root_b = str(tmp_path / "A"), str(tmp_path / "B")

@@ -1,4 +1,5 @@
-"""The seed's README command lines, run with scripts/train.py on fabricated data.
+"""The PyTorch original's README command lines, run with scripts/train.py on
+fabricated data.
 
 Each command is taken verbatim from the README (`main.py` -> `scripts/train.py`,
 `<X>`/`<JobID>` filled, the README's flag changes for CIFAR-100 and SVHN),
@@ -24,7 +25,7 @@ from tests.scripts.conftest import (
     keras_weights,
     only_experiment,
     run_train,
-    seed_run_args,
+    original_run_args,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -44,14 +45,14 @@ RUNS = {
 
 
 @pytest.fixture(scope="module")
-def seed_runs(fabricated, tmp_path_factory):
+def original_runs(fabricated, tmp_path_factory):
     """Starts every run at once, two at a time; `{id: (root, future)}`."""
-    base = tmp_path_factory.mktemp("seed_runs")
+    base = tmp_path_factory.mktemp("original_runs")
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
     runs = {}
     for run_id, (label, dataset, _) in RUNS.items():
         root = str(base / run_id)
-        argv = seed_run_args(label, fabricated.dirs[dataset], root, dataset=dataset)
+        argv = original_run_args(label, fabricated.dirs[dataset], root, dataset=dataset)
         runs[run_id] = (root, pool.submit(run_train, argv, 900))
     yield runs
     pool.shutdown(wait=True)
@@ -62,9 +63,10 @@ def _events_files(folder):
 
 
 @pytest.mark.parametrize("run_id", list(RUNS))
-def test_seed_command_runs_and_fills_the_experiment_folder(run_id, seed_runs, fabricated):
+def test_original_command_runs_and_fills_the_experiment_folder(run_id, original_runs,
+                                                               fabricated):
     label, dataset, expected = RUNS[run_id]
-    root, future = seed_runs[run_id]
+    root, future = original_runs[run_id]
     proc = future.result()
     assert proc.returncode == 0, describe(proc)
     assert "Traceback" not in proc.stderr, describe(proc)
