@@ -223,6 +223,10 @@ def run(argv=None):
             keras.callbacks.TensorBoard(os.path.join(exp_dir, "tensorboard"), write_graph=False)
             if chief else keras.callbacks.Callback(),
         ]
+        if getattr(args, "mix_off_epoch", None) is not None:
+            # Plain steps from this 0-based epoch on (also after a resume).
+            from patchup_tf.training import StopMixing
+            callbacks.insert(0, StopMixing(args.mix_off_epoch))
         if args.strategy == "multi_worker":  # fit fails there (keras-team/keras#20585)
             train_loop(model, train_ds, epochs=config["epochs"], initial_epoch=meta["epoch"] + 1,
                        steps_per_epoch=datasets.steps_per_epoch, lr_at=lr_at,

@@ -82,6 +82,18 @@ def build_parser():
     a("--cutmix_prob", type=float, default=None, help="CutMix probability (0.4)")
     a("--loss_params", type=float, nargs=2, default=None, help="PatchUp loss weights alpha beta (1 1)")
     a("--loss", default="bce", choices=LOSSES, help="bce: the reference's BCE on softmax")
+    # Beyond the paper's recipe (unset: the paper's behaviour).
+    a("--label_smoothing", type=float, default=None,
+      help="eps in [0, 1): targets (1 - eps) y + eps / K before any mixing (0)")
+    _bool_flag(p, "--per_sample", "draw lam, boxes and masks per image, not per batch (False; "
+               "mixup, manifold_mixup, cutmix, dropblock, PatchUp, mixup_cutmix)", default=None)
+    a("--switch_prob", type=float, default=None,
+      help="mixup_cutmix: probability of CutMix instead of Mixup (0.5)")
+    a("--mixup_alpha", type=float, default=None, help="mixup_cutmix: Mixup's Beta alpha (0.8)")
+    a("--cutmix_alpha", type=float, default=None, help="mixup_cutmix: CutMix's Beta alpha (1.0)")
+    a("--prob", type=float, default=None, help="mixup_cutmix: probability of a mixing step (1.0)")
+    a("--mix_off_epoch", type=int, default=None,
+      help="0-based epoch from which training steps no longer mix (default: never)")
     a("--batch_size", type=int, default=100)
     a("--learning_rate", type=float, default=0.1)
     a("--momentum", type=float, default=0.9)
@@ -182,6 +194,13 @@ def check_values(args, method, options):
             bad(flag, value, expected)
     if args.seed < 0:
         bad("--seed", args.seed, "an int >= 0")
+    mix_off = getattr(args, "mix_off_epoch", None)
+    if mix_off is not None:
+        if mix_off < 0:
+            bad("--mix_off_epoch", mix_off, "an int >= 0 (a 0-based epoch index)")
+        if METHOD_SPECS[method].positions == "none":
+            raise FlagError(f"--mix_off_epoch is not used by --method {method} (it never "
+                            "mixes); remove it")
 
 
 def resolve_schedule(args):
@@ -239,6 +258,16 @@ def experiment_name(args, method, epochs):
             name += "_loss_params_" + "_".join(str(v) for v in o["loss_params"])
     if o.get("loss", "bce") != "bce":
         name += f"_loss_{o['loss']}"
+    # Beyond the paper: only values other than the defaults enter the name.
+    if method == "mixup_cutmix":
+        name += (f"_mixup_alpha_{o['mixup_alpha']}_cutmix_alpha_{o['cutmix_alpha']}"
+                 f"_switch_prob_{o['switch_prob']}_prob_{o['prob']}")
+    if o.get("per_sample"):
+        name += "_per_sample"
+    if o.get("label_smoothing", 0.0) != 0.0:
+        name += f"_label_smoothing_{o['label_smoothing']}"
+    if getattr(args, "mix_off_epoch", None) is not None:
+        name += f"_mix_off_epoch_{args.mix_off_epoch}"
     if args.job_id:
         name += f"_job_id_{args.job_id}"
     return name

@@ -3,9 +3,13 @@
 Both take logits `(N, K)` and target distributions `(N, K)` and return the
 float32 mean over the batch (`docs/methods.md`, "The loss"); with
 `sample_weight` `(N,)`, `sum(w_i l_i) / N` (Keras' `sum_over_batch_size`).
+Their per-sample forms (`PER_SAMPLE_LOSSES`) return the `(N,)` terms
+`w_i l_i` whose mean is that loss, for losses weighted per image.
 """
 
 import tensorflow as tf
+
+from patchup_tf.rules import check_label_smoothing
 
 
 def _reduce(per_element, sample_weight):
@@ -18,12 +22,17 @@ def _reduce(per_element, sample_weight):
     return tf.reduce_sum(weights * per_element) / tf.cast(tf.size(per_element), tf.float32)
 
 
-def bce_on_softmax(logits, targets, sample_weight=None):
-    """The reference's loss: `mean over N*K of -(t log p + (1-t) log(1-p))`,
-    `p = softmax(logits)`, each log clamped at -100 as `torch.nn.BCELoss`.
+def _per_sample(per_element, sample_weight):
+    """`(N,)`: each row's mean (`(N, K)` input) or value (`(N,)`), times its weight."""
+    if per_element.shape.rank == 2:
+        per_element = tf.reduce_mean(per_element, axis=-1)
+    if sample_weight is None:
+        return per_element
+    return tf.reshape(tf.cast(sample_weight, tf.float32), [-1]) * per_element
 
-    Computed in float32; the gradient stays finite when `p` saturates.
-    """
+
+def _bce_terms(logits, targets):
+    """`t log_p + (1-t) log_1mp`, `(N, K)`, as `bce_on_softmax` describes."""
     logits = tf.cast(logits, tf.float32)
     targets = tf.cast(targets, tf.float32)
     p = tf.nn.softmax(logits, axis=-1)
@@ -32,7 +41,22 @@ def bce_on_softmax(logits, targets, sample_weight=None):
     # -87 .. -103; 1 - p stays the float32 difference, as in the reference.
     log_p = tf.maximum(tf.nn.log_softmax(logits, axis=-1), -100.0)
     log_1mp = _clamped_log(1.0 - p)
-    return -_reduce(targets * log_p + (1.0 - targets) * log_1mp, sample_weight)
+    return targets * log_p + (1.0 - targets) * log_1mp
+
+
+def bce_on_softmax(logits, targets, sample_weight=None):
+    """The reference's loss: `mean over N*K of -(t log p + (1-t) log(1-p))`,
+    `p = softmax(logits)`, each log clamped at -100 as `torch.nn.BCELoss`.
+
+    Computed in float32; the gradient stays finite when `p` saturates.
+    """
+    return -_reduce(_bce_terms(logits, targets), sample_weight)
+
+
+def bce_on_softmax_per_sample(logits, targets, sample_weight=None):
+    """`(N,)`: `w_i * (-(1/K) sum_k [t log p + (1-t) log(1-p)])`; its mean is
+    `bce_on_softmax` (up to float32 rounding)."""
+    return -_per_sample(_bce_terms(logits, targets), sample_weight)
 
 
 def _clamped_log(v):
@@ -41,15 +65,39 @@ def _clamped_log(v):
     return tf.where(positive, tf.maximum(tf.math.log(safe), -100.0), -100.0)
 
 
-def softmax_ce(logits, targets, sample_weight=None):
-    """Softmax cross-entropy with (possibly mixed) target distributions, mean over N."""
+def _ce_terms(logits, targets):
     logits = tf.cast(logits, tf.float32)
     targets = tf.cast(targets, tf.float32)
-    return _reduce(
-        tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits), sample_weight
-    )
+    return tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+
+
+def softmax_ce(logits, targets, sample_weight=None):
+    """Softmax cross-entropy with (possibly mixed) target distributions, mean over N."""
+    return _reduce(_ce_terms(logits, targets), sample_weight)
+
+
+def softmax_ce_per_sample(logits, targets, sample_weight=None):
+    """`(N,)`: `w_i * (-sum_k t log softmax(z))`; its mean is `softmax_ce`."""
+    return _per_sample(_ce_terms(logits, targets), sample_weight)
+
+
+def smooth_labels(targets, label_smoothing):
+    """Label smoothing: `(1 - eps) y + eps / K` for targets `(N, K)`.
+
+    `eps = 0` returns `targets` itself (no op, so nothing changes by a bit).
+    """
+    eps = check_label_smoothing(label_smoothing)
+    if eps == 0.0:
+        return targets
+    targets = tf.cast(targets, tf.float32)
+    num_classes = targets.shape[-1]
+    if num_classes is None:
+        num_classes = tf.cast(tf.shape(targets)[-1], tf.float32)
+    return (1.0 - eps) * targets + eps / num_classes
 
 
 LOSSES = {"bce": bce_on_softmax, "ce": softmax_ce}
 """The losses by their `loss` option name."""
 
+PER_SAMPLE_LOSSES = {"bce": bce_on_softmax_per_sample, "ce": softmax_ce_per_sample}
+"""Their per-sample forms, `(N,)`, by the same names."""

@@ -13,7 +13,7 @@ sees the same draw (`docs/methods.md`, "The plan").
 import tensorflow as tf
 
 from patchup_tf import mixing
-from patchup_tf.losses import LOSSES
+from patchup_tf.losses import LOSSES, PER_SAMPLE_LOSSES, smooth_labels
 from patchup_tf.rules import (  # noqa: F401  (METHODS, NUM_POSITIONS, ... re-exported)
     COMMON_DEFAULTS,
     METHODS,
@@ -49,6 +49,7 @@ def _dropblock_op(method, position, result, plan, seed):
     out = mixing.dropblock(
         result.features, keep_prob=o["keep_prob"],
         block_size=dropblock_block_size(_width(result.features), o["block_size"]), seed=seed,
+        per_sample=o["per_sample"],
     )
     return result._replace(features=out)
 
@@ -58,8 +59,13 @@ def _patchup_op(method, position, result, plan, seed):
     return mixing.patchup(
         result.features, result.y_a, mode=method.spec.patchup_mode, gamma=o["gamma"],
         block_size=patchup_block_size(_width(result.features), o["block_size"]),
-        lam=plan["lam"], perm=plan["perm"], seed=seed,
+        lam=plan["lam"], perm=plan["perm"], seed=seed, per_sample=o["per_sample"],
     )
+
+
+def _mixup_cutmix_op(method, position, result, plan, seed):
+    return mixing.mixup_cutmix(result.features, result.y_a, lam=plan["lam"],
+                               perm=plan["perm"], use_cutmix=plan["use_cutmix"], seed=seed)
 
 
 OPS = {
@@ -68,6 +74,7 @@ OPS = {
     "cutout": _cutout_op,
     "dropblock": _dropblock_op,
     "patchup": _patchup_op,
+    "mixup_cutmix": _mixup_cutmix_op,
 }
 """The table's op names -> `op(method, position, result, plan, seed) -> MixResult`."""
 
@@ -96,6 +103,24 @@ class Method:
 
     def get_config(self):
         return {"name": self.name, **self.options}
+
+    @property
+    def per_sample(self):
+        """True if lam, boxes and masks are drawn per image (`per_sample`)."""
+        return bool(self.options.get("per_sample", False))
+
+    def smooth_targets(self, targets):
+        """Label smoothing of one-hot targets `(N, K)` (`label_smoothing`):
+        `(1 - eps) y + eps / K`; `targets` itself when `eps = 0`."""
+        return smooth_labels(targets, self.options["label_smoothing"])
+
+    def clean(self, features, targets):
+        """The unmixed `MixResult` of a batch: `y_a = y_b = y_mix = y`, `u = 1`
+        (`(N,)` ones with `per_sample`, so both branches of a step agree)."""
+        result = mixing.MixResult.clean(features, targets)
+        if self.per_sample:
+            result = result._replace(u=tf.ones(tf.shape(result.y_a)[:1], tf.float32))
+        return result
 
     @property
     def is_patchup(self):
@@ -140,24 +165,36 @@ class Method:
         """Draws the batch's plan from `seed` (int32[2]).
 
         Returns a dict of tensors: `apply` (bool, is this a mixing step),
-        `active` (bool[5], the positions that act), `lam` (float32),
-        `perm` (int32[N]), `seed` (int32[2], for masks and boxes).
+        `active` (bool[5], the positions that act), `lam` (float32; `(N,)`,
+        one per image, with `per_sample`), `perm` (int32[N]), `seed`
+        (int32[2], for masks and boxes), and for a method with a switch its
+        `switch_key` (bool, `(N,)` with `per_sample`), e.g. `use_cutmix`.
         """
         s_apply, s_pos, s_lam, s_perm, s_mix, s_lam0 = mixing.split_seed(seed, 6)
         spec = self.spec
+        shape = [batch_size] if self.per_sample else ()
         prob = self.options[spec.prob_option] if spec.prob_option else 1.0
         apply = mixing.uniform([], s_apply) < prob
         active = self._positions(s_pos) & apply
         input_alpha = self._alpha(spec.input_alpha)
-        if spec.hidden_alpha is not None:
+        plan = {}
+        if spec.switch_key is not None:
+            # A second input law, taken with probability `switch_option`.
+            s_switch = mixing.derive_seed(seed, 6)
+            switched = mixing.uniform(shape, s_switch) < self.options[spec.switch_option]
+            other = mixing.beta(self._alpha(spec.switch_alpha), s_lam0, shape)
+            lam = tf.where(switched, other, mixing.beta(input_alpha, s_lam, shape))
+            plan[spec.switch_key] = switched
+        elif spec.hidden_alpha is not None:
             # Input and hidden positions draw lam from different laws
             # (PatchUp: CutMix's Beta(1, 1) at l = 0, Beta(a, a) at l >= 1).
-            hidden = mixing.beta(self._alpha(spec.hidden_alpha), s_lam)
-            lam = tf.where(active[0], mixing.beta(input_alpha, s_lam0), hidden)
+            hidden = mixing.beta(self._alpha(spec.hidden_alpha), s_lam, shape)
+            lam = tf.where(active[0], mixing.beta(input_alpha, s_lam0, shape), hidden)
         else:
-            lam = mixing.beta(input_alpha, s_lam)
+            lam = mixing.beta(input_alpha, s_lam, shape)
         perm = mixing.permutation(batch_size, s_perm)
-        return {"apply": apply, "active": active, "lam": lam, "perm": perm, "seed": s_mix}
+        return {"apply": apply, "active": active, "lam": lam, "perm": perm, "seed": s_mix,
+                **plan}
 
     # ---------------------------------------------------------------- mix
     def mix(self, position, result, plan):
@@ -177,8 +214,10 @@ class Method:
 
         `"patchup"`: `a u L(y_a) + (1-u) L(y_b) + b L(y_mix)` on mixing
         steps (`(a, b) = loss_params`), `L(y)` on the others. `"pair"`
-        (CutMix): `u L(y_a) + (1-u) L(y_b)`. `"mixed"`: `L(y_mix)` (`= L(y)`
-        when unmixed).
+        (CutMix, Mixup/CutMix): `u L(y_a) + (1-u) L(y_b)`. `"mixed"`:
+        `L(y_mix)` (`= L(y)` when unmixed). With `per_sample` the weights
+        are each image's `u_i`, inside the batch mean: e.g.
+        `mean_i(u_i L_i(y_a) + (1-u_i) L_i(y_b))`.
         """
         base = LOSSES[self.options["loss"]]
 
@@ -189,6 +228,10 @@ class Method:
 
         y_a, y_b, y_mix, u = result.y_a, result.y_b, result.y_mix, result.u
         form = self.spec.loss_form
+        if self.per_sample and form in ("patchup", "pair"):
+            mixed = self._per_sample_loss(logits, result, weighted)
+            # A step without mixing: L(y), exactly the plain step's loss.
+            return tf.where(plan["apply"], mixed, fn(logits, targets))
         if form == "patchup":
             a, b = self.options["loss_params"]
             mixed = a * u * fn(logits, y_a) + (1.0 - u) * fn(logits, y_b) + b * fn(logits, y_mix)
@@ -196,3 +239,21 @@ class Method:
         if form == "pair":
             return u * fn(logits, y_a) + (1.0 - u) * fn(logits, y_b)
         return fn(logits, y_mix)
+
+    def _per_sample_loss(self, logits, result, weighted):
+        """The loss of a mixing step with per-image weights `u_i`: the batch
+        mean of each image's combination of its losses `L_i` (weighted
+        `w_i L_i`)."""
+        base = PER_SAMPLE_LOSSES[self.options["loss"]]
+
+        def fn(y):
+            if not weighted:
+                return base(logits, y)
+            return base(logits, y[:, :-1], sample_weight=y[:, -1])
+
+        u = tf.broadcast_to(tf.cast(result.u, tf.float32), tf.shape(logits)[:1])
+        if self.spec.loss_form == "patchup":
+            a, b = self.options["loss_params"]
+            return tf.reduce_mean(
+                a * u * fn(result.y_a) + (1.0 - u) * fn(result.y_b) + b * fn(result.y_mix))
+        return tf.reduce_mean(u * fn(result.y_a) + (1.0 - u) * fn(result.y_b))

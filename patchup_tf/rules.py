@@ -49,14 +49,28 @@ def check_prob(name, value, allow_zero=False):
     return float(value)
 
 
-def check_alpha(value, positive=False):
+def check_alpha(value, positive=False, name="alpha"):
     """Beta's `alpha`: finite (`<= 0` disables mixing), or `> 0` with `positive`."""
     if positive:
         if not (is_real(value) and math.isfinite(value) and value > 0):
-            raise invalid("alpha", "a float > 0 for PatchUp", value)
+            raise invalid(name, "a float > 0 for PatchUp", value)
     elif not (is_real(value) and math.isfinite(value)):
-        raise invalid("alpha", "a finite float (<= 0 disables mixing)", value)
+        raise invalid(name, "a finite float (<= 0 disables mixing)", value)
     return float(value)
+
+
+def check_label_smoothing(value):
+    """Label smoothing's `eps`: a float in [0, 1) (0: hard targets)."""
+    if not (is_real(value) and 0 <= value < 1):
+        raise invalid("label_smoothing", "a float in [0, 1)", value)
+    return float(value)
+
+
+def check_epoch(name, value):
+    """A 0-based epoch index: an int >= 0."""
+    if not is_int(value) or value < 0:
+        raise invalid(name, "an int >= 0 (a 0-based epoch index)", value)
+    return int(value)
 
 
 def check_block(block_size, height=None, width=None):
@@ -200,10 +214,23 @@ OPTIONS = {
     "loss_params": Option(_check_loss_params, "--loss_params",
                           "PatchUp loss weights (alpha, beta)"),
     "loss": Option(_check_loss, "--loss", "bce: BCE on softmax (the paper's); ce"),
+    "label_smoothing": Option(lambda v, m: check_label_smoothing(v), "--label_smoothing",
+                              "eps: targets (1 - eps) y + eps / K before any mixing (0)"),
+    "per_sample": Option(_check_bool("per_sample"), "--per_sample",
+                         "draw lam, boxes and masks per image instead of per batch (False)"),
+    "prob": Option(lambda v, m: check_prob("prob", v, allow_zero=True), "--prob",
+                   "probability of a mixing step"),
+    "switch_prob": Option(lambda v, m: check_prob("switch_prob", v, allow_zero=True),
+                          "--switch_prob", "probability that a step (an image with "
+                          "per_sample) takes CutMix instead of Mixup"),
+    "mixup_alpha": Option(lambda v, m: check_alpha(v, name="mixup_alpha"), "--mixup_alpha",
+                          "Beta(a, a) for lam when Mixup is taken"),
+    "cutmix_alpha": Option(lambda v, m: check_alpha(v, name="cutmix_alpha"), "--cutmix_alpha",
+                           "Beta(a, a) for lam when CutMix is taken"),
 }
 """Every method option, by its Python name."""
 
-COMMON_DEFAULTS = {"loss": "bce"}
+COMMON_DEFAULTS = {"loss": "bce", "label_smoothing": 0.0}
 """Options every method takes."""
 
 
@@ -214,8 +241,8 @@ class MethodSpec:
 
     Attributes:
         name: the method's name.
-        input_op: the op at position 0 (`"mixup"`, `"cutmix"`, `"cutout"`)
-            or None.
+        input_op: the op at position 0 (`"mixup"`, `"cutmix"`, `"cutout"`,
+            `"mixup_cutmix"`) or None.
         hidden_op: the op at positions 1..k (`"mixup"`, `"dropblock"`,
             `"patchup"`) or None.
         positions: where a step acts: `"none"`, `"input"`, `"one_of_0_k"`
@@ -231,8 +258,16 @@ class MethodSpec:
             `"patchup"` `a u L(y_a) + (1-u) L(y_b) + b L(y_mix)` on mixing
             steps, `L(y)` on the others.
         patchup_mode: `"soft"` / `"hard"` for PatchUp, else None.
-        defaults: the method's options with the paper's settings.
+        defaults: the method's options with the paper's settings (a
+            `per_sample` entry: the method can draw per image).
         block_flag: the command-line flag of `block_size`.
+        switch_key: a second input law: with the probability in the option
+            `switch_option`, a step (an image, with `per_sample`) takes
+            `lam ~ Beta(switch_alpha, switch_alpha)` and the plan's
+            `switch_key` (bool) says so; the input op reads it. None: no
+            switch.
+        switch_option: the option holding the switch probability.
+        switch_alpha: the switched steps' alpha (a number or an option).
     """
 
     name: str
@@ -247,6 +282,9 @@ class MethodSpec:
     all_option: Optional[str] = None
     patchup_mode: Optional[str] = None
     block_flag: Optional[str] = None
+    switch_key: Optional[str] = None
+    switch_option: Optional[str] = None
+    switch_alpha: object = None
 
     @property
     def hidden_only(self):
@@ -279,7 +317,7 @@ class MethodSpec:
 
 
 _PATCHUP = {"alpha": 2.0, "patchup_prob": 1.0, "block_size": 7, "k": 2,
-            "loss_params": (1.0, 1.0)}
+            "loss_params": (1.0, 1.0), "per_sample": False}
 
 
 def _patchup(mode, gamma, prob):
@@ -294,25 +332,34 @@ def _patchup(mode, gamma, prob):
 
 _SPECS = (
     MethodSpec("vanilla", None, None, "none", "mixed", {}),
-    MethodSpec("mixup", "mixup", None, "input", "mixed", {"alpha": 1.0}),
+    MethodSpec("mixup", "mixup", None, "input", "mixed", {"alpha": 1.0, "per_sample": False}),
     MethodSpec("manifold_mixup", "mixup", "mixup", "one_of_0_k", "mixed",
-               {"alpha": 1.5, "k": 2}),
+               {"alpha": 1.5, "k": 2, "per_sample": False}),
     MethodSpec("cutout", "cutout", None, "input", "mixed", {"cutout": 16}),
-    MethodSpec("cutmix", "cutmix", None, "input", "pair", {"cutmix_prob": 0.4},
+    MethodSpec("cutmix", "cutmix", None, "input", "pair",
+               {"cutmix_prob": 0.4, "per_sample": False},
                prob_option="cutmix_prob", input_alpha=1.0),
     MethodSpec("dropblock", None, "dropblock", "one_of_1_k", "mixed",
-               {"block_size": 7, "keep_prob": 0.9, "dropblock_all": True, "k": 2},
+               {"block_size": 7, "keep_prob": 0.9, "dropblock_all": True, "k": 2,
+                "per_sample": False},
                all_option="dropblock_all", block_flag="--drop_block"),
     _patchup("soft", 0.75, 1.0),
     _patchup("hard", 0.5, 0.7),
+    # Not in the paper: timm's Mixup/CutMix switch (one op per batch, or per image).
+    MethodSpec("mixup_cutmix", "mixup_cutmix", None, "input", "pair",
+               {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "switch_prob": 0.5, "prob": 1.0,
+                "per_sample": False},
+               prob_option="prob", input_alpha="mixup_alpha", switch_key="use_cutmix",
+               switch_option="switch_prob", switch_alpha="cutmix_alpha"),
 )
 
 METHOD_SPECS = {spec.name: spec for spec in _SPECS}
 """The method table: name -> `MethodSpec`."""
 
 METHODS = tuple(METHOD_SPECS)
-PAPER_DEFAULTS = {name: spec.defaults for name, spec in METHOD_SPECS.items()}
-"""Options each method takes and their defaults (the paper's runs)."""
+PAPER_DEFAULTS = {name: spec.options() for name, spec in METHOD_SPECS.items()}
+"""Options each method takes and their defaults (the paper's runs), the
+common ones (`COMMON_DEFAULTS`) included."""
 
 
 def method_spec(name):

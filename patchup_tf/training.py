@@ -3,7 +3,7 @@
 `MixingModel` is an ordinary functional model (build it from `inputs,
 outputs`, as `keras.Model`) with a custom `train_step`: it draws the batch's
 plan once, mixes the input images (position 0) and lets the model's
-`MixingPoint` layers mix hidden features, then forms SPEC's loss from the
+`MixingPoint` layers mix hidden features, then forms the method's loss from the
 targets the mixing produced. `predict`, `evaluate`, `save` and `export` see
 the plain network. The recipe (PyTorch's SGD, the step schedule) is here too.
 """
@@ -20,7 +20,7 @@ from patchup_tf.losses import softmax_ce
 from patchup_tf.layers.mixing_point import MixingContext, MixingPoint, mixing_context
 from patchup_tf.methods import Method
 from patchup_tf.optimizer import TorchSGD
-from patchup_tf.rules import check_seed
+from patchup_tf.rules import check_epoch, check_seed
 
 
 def _mixing_positions(model):
@@ -31,7 +31,7 @@ def _mixing_positions(model):
 
 @keras.saving.register_keras_serializable(package="patchup")
 class MixingModel(keras.Model):
-    """A functional model trained with one of the eight methods.
+    """A functional model trained with one of the methods.
 
     Args:
         *args, **kwargs: as `keras.Model` (functional: `inputs, outputs`).
@@ -39,18 +39,20 @@ class MixingModel(keras.Model):
         method: one of `patchup_tf.methods.METHODS`, default `"vanilla"`.
         method_options: dict of that method's options (`alpha, gamma,
             patchup_prob, block_size, cutmix_prob, cutout, keep_prob,
-            dropblock_all, k, loss, loss_params`); unset ones take the
-            paper's settings.
+            dropblock_all, k, loss, loss_params, label_smoothing,
+            per_sample, ...`); unset ones take the paper's settings.
         seed: int; the per-step plans are a pure function of `(seed, step,
             replica)`, so a seed reproduces a run, across restarts too.
 
     Methods acting on hidden features need `MixingPoint` layers at positions
-    `1..k` of the model.
+    `1..k` of the model. `set_mixing(False)` (or the `StopMixing` callback)
+    makes every training step a plain one.
     """
 
     def __init__(self, *args, method="vanilla", method_options=None, seed=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.method = Method(method, **dict(method_options or {}))
+        self._mixing_switch = _Switch()
         seed = check_seed(seed)
         self.seed = random.SystemRandom().randrange(2**31) if seed is None else seed
         check_logits(self)
@@ -66,6 +68,29 @@ class MixingModel(keras.Model):
             )
 
     # ------------------------------------------------------------ helpers
+    @property
+    def mixing_enabled(self):
+        """False once mixing is switched off (`set_mixing`, `StopMixing`)."""
+        return bool(self._mixing_switch.variable.numpy())
+
+    def set_mixing(self, enabled):
+        """Switches mixing on or off for the following training steps.
+
+        Off, every step is a plain step: no position mixes, the targets are
+        the batch's own and the method's loss reads them (`L(y)`). A
+        non-trainable variable read by the step: flipping it retraces
+        nothing. It is not saved; `StopMixing` sets it at every epoch start.
+        """
+        if not isinstance(enabled, bool):
+            raise ValueError("Invalid value received for argument `enabled`. Expected True or "
+                             f"False. Received: enabled={enabled!r}")
+        self._mixing_switch.variable.assign(enabled)
+
+    def _switched(self, plan):
+        """`plan` with `apply` and `active` forced False while mixing is off."""
+        on = self._mixing_switch.variable.read_value()
+        return {**plan, "apply": plan["apply"] & on, "active": plan["active"] & on}
+
     @property
     def num_classes(self):
         return self.outputs[0].shape[-1]
@@ -153,16 +178,18 @@ class MixingModel(keras.Model):
         Sample weights (from `sample_weight` or `class_weight`) travel with
         the targets: a mixed sample's weight is mixed like its targets.
         The loss is `sum(w_i l_i) / N` (Keras' `sum_over_batch_size`).
+        Label smoothing (`label_smoothing`) acts on the one-hot targets
+        before any mixing; the metrics see the labels as passed.
         """
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         x = self._images(x)
-        targets = self._targets(y)
+        targets = self.method.smooth_targets(self._targets(y))
         weighted = sample_weight is not None
         if weighted:
             weights = tf.reshape(tf.cast(sample_weight, tf.float32), [-1, 1])
             targets = tf.concat([targets, weights], axis=-1)
         # The plan is drawn outside XLA: TF's Gamma sampler has no XLA kernel.
-        plan = self.draw_plan(x)
+        plan = self._switched(self.draw_plan(x))
         loss, logits = self._compute_step(x, targets, plan, weighted)
         # Batches are equal (fit drops no data, but the trainer's do): the
         # plain mean of the batch losses.
@@ -274,6 +301,49 @@ class MixingModel(keras.Model):
             },
             "seed": self.seed,
         }
+
+
+class _Switch:
+    """Holds the mixing switch (a bool `tf.Variable`, True: mixing on) out of
+    Keras' and `tf.train.Checkpoint`'s tracking: it is not a weight and is
+    never saved (`StopMixing` sets it from the epoch)."""
+
+    def __init__(self):
+        self.variable = tf.Variable(
+            True, trainable=False, dtype=tf.bool, name="mixing_on",
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+
+
+class StopMixing(keras.callbacks.Callback):
+    """Mixing off from the 0-based epoch `at_epoch` on.
+
+    At every epoch start the model's mixing switch is set to `epoch <
+    at_epoch`, so a run resumed at an epoch `>= at_epoch` trains plainly as
+    well: every step then uses the batch's own targets (label smoothing
+    still applies) and the method's loss on them, `L(y)`. At the end of
+    `fit` the switch is turned back on. `at_epoch=0` never mixes.
+
+    Args:
+        at_epoch: int >= 0, the first epoch without mixing.
+    """
+
+    def __init__(self, at_epoch):
+        super().__init__()
+        self.at_epoch = check_epoch("at_epoch", at_epoch)
+
+    def _set(self, enabled):
+        if not hasattr(self.model, "set_mixing"):
+            raise ValueError(
+                "StopMixing needs a MixingModel (patchup_tf.training.MixingModel). "
+                f"Received a model of type {type(self.model).__name__}.")
+        self.model.set_mixing(enabled)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._set(epoch < self.at_epoch)
+
+    def on_train_end(self, logs=None):
+        self._set(True)
 
 
 def _all_finite(tensors):

@@ -139,7 +139,10 @@ def test_plan_structure_and_determinism(name):
     m = Method(name)
     a = m.draw_plan(tf.constant([3, 4]), 6)
     b = m.draw_plan(tf.constant([3, 4]), 6)
-    assert set(a) == {"apply", "active", "lam", "perm", "seed"}
+    switch = {m.spec.switch_key} - {None}  # e.g. mixup_cutmix's use_cutmix
+    assert set(a) == {"apply", "active", "lam", "perm", "seed"} | switch
+    for key in switch:
+        assert a[key].dtype == tf.bool and a[key].shape == ()
     assert a["apply"].dtype == tf.bool and a["apply"].shape == ()
     assert a["active"].dtype == tf.bool and a["active"].shape == (NUM_POSITIONS,)
     assert a["lam"].dtype == tf.float32 and 0.0 <= float(a["lam"]) <= 1.0

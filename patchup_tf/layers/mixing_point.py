@@ -15,7 +15,6 @@ import threading
 import keras
 import tensorflow as tf
 
-from patchup_tf.mixing import MixResult
 from patchup_tf.rules import check_position
 
 _LOCAL = threading.local()  # per thread: MirroredStrategy traces replicas in threads
@@ -31,7 +30,7 @@ class MixingContext:
     def __init__(self, method, plan, targets):
         self.method = method
         self.plan = plan
-        self.result = MixResult.clean(None, targets)
+        self.result = method.clean(None, targets)
         self.used_positions = set()
 
     def mix(self, position, features):
