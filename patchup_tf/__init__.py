@@ -10,6 +10,10 @@ so `keras.models.load_model` reads the files it writes in a fresh process.
 
 __version__ = "0.1.0"
 
+from patchup_tf.tf_logging import import_tensorflow  # noqa: E402
+
+import_tensorflow()  # honours TF_CPP_MIN_LOG_LEVEL for TensorFlow's start-up lines
+
 from patchup_tf.layers import DropBlock, MixingPoint, PatchUp  # noqa: E402
 from patchup_tf.methods import METHODS, Method  # noqa: E402
 from patchup_tf.optimizer import TorchSGD  # noqa: E402
