@@ -1,6 +1,8 @@
 """Functional architectures with mixing points, and `build(arch, ...)`."""
 
 from patchup_tf.methods import METHODS, Method
+from patchup_tf.models.batchnorm import FusedBatchNorm
+from patchup_tf.models.common import BATCHNORMS, DEFAULT_BATCHNORM, check_batchnorm
 from patchup_tf.models.preact_resnet import preact_resnet
 from patchup_tf.models.wide_resnet import wide_resnet
 from patchup_tf.training import MixingModel
@@ -14,7 +16,8 @@ ARCHS = {
 """Architecture name -> builder returning `(inputs, logits)`."""
 
 
-def build(arch, num_classes=10, method="vanilla", *, input_shape=(32, 32, 3), seed=None, **options):
+def build(arch, num_classes=10, method="vanilla", *, input_shape=(32, 32, 3), seed=None,
+          batchnorm=DEFAULT_BATCHNORM, **options):
     """Builds `arch` as a `MixingModel` trained with `method`.
 
     Args:
@@ -23,10 +26,15 @@ def build(arch, num_classes=10, method="vanilla", *, input_shape=(32, 32, 3), se
         method: one of `METHODS`.
         input_shape: `(32, 32, C)`; the architectures are CIFAR-sized.
         seed: int for the per-batch plans (see `MixingModel`).
+        batchnorm: `"fused"` (default: TensorFlow's fused kernel; measured
+            16% less CPU per PreActResNet18 step in float32, 39% in
+            mixed_bfloat16) or `"keras"` (`keras.layers.BatchNormalization`,
+            the exact mode); see `patchup_tf.models.batchnorm`.
         **options: the method's options (see `patchup_tf.methods.PAPER_DEFAULTS`).
 
     Returns:
-        A `MixingModel` outputting logits; compile it with an optimizer only.
+        A `MixingModel` outputting float32 logits (under any policy);
+        compile it with an optimizer only.
     """
     if arch not in ARCHS:
         raise ValueError(
@@ -44,11 +52,14 @@ def build(arch, num_classes=10, method="vanilla", *, input_shape=(32, 32, 3), se
             "Invalid value received for argument `input_shape`. Expected "
             f"(32, 32, C). Received: input_shape={input_shape}"
         )
+    check_batchnorm(batchnorm)
     Method(method, **options)  # validates before the (slow) graph build
-    inputs, logits = ARCHS[arch](num_classes=num_classes, input_shape=input_shape)
+    inputs, logits = ARCHS[arch](num_classes=num_classes, input_shape=input_shape,
+                                 batchnorm=batchnorm)
     return MixingModel(
         inputs, logits, method=method, method_options=options, seed=seed, name=arch
     )
 
 
-__all__ = ["ARCHS", "METHODS", "MixingModel", "build", "preact_resnet", "wide_resnet"]
+__all__ = ["ARCHS", "BATCHNORMS", "FusedBatchNorm", "METHODS", "MixingModel", "build",
+           "preact_resnet", "wide_resnet"]

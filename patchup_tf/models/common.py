@@ -6,9 +6,23 @@ import keras
 from keras import layers
 
 from patchup_tf.layers import MixingPoint
+from patchup_tf.models.batchnorm import FusedBatchNorm
 
 BN_EPSILON = 1e-5  # PyTorch's default
 BN_MOMENTUM = 0.9  # Keras' convention for PyTorch's momentum=0.1
+BATCHNORMS = {"fused": FusedBatchNorm, "keras": layers.BatchNormalization}
+"""`batchnorm=` choices: the fused kernel (default, faster) or Keras' own layer
+(the exact mode); see `patchup_tf.models.batchnorm` for the differences."""
+DEFAULT_BATCHNORM = "fused"
+
+
+def check_batchnorm(batchnorm):
+    if batchnorm not in BATCHNORMS:
+        raise ValueError(
+            "Invalid value received for argument `batchnorm`. Expected one of "
+            f"{', '.join(map(repr, BATCHNORMS))}. Received: batchnorm={batchnorm!r}"
+        )
+    return BATCHNORMS[batchnorm]
 
 
 def torch_uniform(fan_in):
@@ -41,16 +55,23 @@ def conv(x, filters, kernel, stride, use_bias, name):
     )(x)
 
 
-def bn_relu(x, name, momentum=BN_MOMENTUM):
-    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=momentum, name=f"{name}_bn")(x)
+def bn_relu(x, name, momentum=BN_MOMENTUM, batchnorm=DEFAULT_BATCHNORM):
+    bn = check_batchnorm(batchnorm)
+    x = bn(epsilon=BN_EPSILON, momentum=momentum, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
 def dense(x, units, name):
+    """The classifier head: PyTorch's init, computed and output in float32.
+
+    `dtype="float32"` keeps the logits (and so the loss and the exported
+    model's outputs) float32 under a mixed-precision policy, as Keras'
+    mixed-precision guide advises; it adds no weights.
+    """
     fan_in = x.shape[-1]
     return layers.Dense(
         units, kernel_initializer=torch_kernel(), bias_initializer=torch_uniform(fan_in),
-        name=name,
+        dtype="float32", name=name,
     )(x)
 
 

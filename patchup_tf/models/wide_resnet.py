@@ -8,13 +8,20 @@ PyTorch's default initialisation.
 
 from keras import layers
 
-from patchup_tf.models.common import bn_relu, build_backbone, conv, dense
+from patchup_tf.models.common import (
+    DEFAULT_BATCHNORM,
+    bn_relu,
+    build_backbone,
+    check_batchnorm,
+    conv,
+    dense,
+)
 
 
-def wide_block(x, filters, stride, name):
+def wide_block(x, filters, stride, name, batchnorm=DEFAULT_BATCHNORM):
     """`o = conv3x3(relu(bn(x)))`; `o = conv3x3(relu(bn(o)), stride)`; + shortcut of `x`."""
-    o = conv(bn_relu(x, f"{name}_1"), filters, 3, 1, True, f"{name}_1_conv")
-    o = conv(bn_relu(o, f"{name}_2"), filters, 3, stride, True, f"{name}_2_conv")
+    o = conv(bn_relu(x, f"{name}_1", batchnorm=batchnorm), filters, 3, 1, True, f"{name}_1_conv")
+    o = conv(bn_relu(o, f"{name}_2", batchnorm=batchnorm), filters, 3, stride, True, f"{name}_2_conv")
     if stride != 1 or x.shape[-1] != filters:
         shortcut = conv(x, filters, 1, stride, True, f"{name}_shortcut")
     else:
@@ -22,8 +29,13 @@ def wide_block(x, filters, stride, name):
     return layers.Add(name=f"{name}_add")([o, shortcut])
 
 
-def wide_resnet(depth=28, widen_factor=10, num_classes=10, input_shape=(32, 32, 3), name="wrn"):
-    """Functional WRN-depth-k; returns `(inputs, logits)`."""
+def wide_resnet(depth=28, widen_factor=10, num_classes=10, input_shape=(32, 32, 3), name="wrn",
+                batchnorm=DEFAULT_BATCHNORM):
+    """Functional WRN-depth-k; returns `(inputs, logits)`.
+
+    `batchnorm`: `"fused"` (default) or `"keras"` (see `models.BATCHNORMS`).
+    """
+    check_batchnorm(batchnorm)
     if (depth - 4) % 6:
         raise ValueError(f"Invalid value received for argument `depth`. Expected 6n+4. Received: depth={depth}")
     n = (depth - 4) // 6
@@ -31,7 +43,8 @@ def wide_resnet(depth=28, widen_factor=10, num_classes=10, input_shape=(32, 32, 
     def stage(filters, stride, stage_name):
         def stage_fn(x):
             for i in range(n):
-                x = wide_block(x, filters, stride if i == 0 else 1, f"{stage_name}_block{i + 1}")
+                x = wide_block(x, filters, stride if i == 0 else 1, f"{stage_name}_block{i + 1}",
+                               batchnorm)
             return x
 
         return stage_fn
@@ -40,7 +53,7 @@ def wide_resnet(depth=28, widen_factor=10, num_classes=10, input_shape=(32, 32, 
 
     def head(x):
         # PyTorch momentum 0.9 -> Keras momentum 0.1.
-        x = bn_relu(x, "head", momentum=0.1)
+        x = bn_relu(x, "head", momentum=0.1, batchnorm=batchnorm)
         x = layers.AveragePooling2D(8, name="avg_pool")(x)
         return dense(layers.Flatten(name="flatten")(x), num_classes, "logits")
 

@@ -1,0 +1,86 @@
+"""Where a training step's time goes: TensorFlow's profiler, per op type.
+
+    python benchmarks/profile_step.py --method soft_patchup --precision float32 \
+        --batchnorm fused --steps 3 --out /tmp/profile.json
+
+Builds the model as the benchmark does (`patchup_tf.benchmark.TrainBench`),
+warms it up, records `--steps` steps with `tf.profiler`, and prints the
+host self time per op type (share of the total), from the profiler's
+`framework_op_stats` tool. The JSON holds every op type's figures.
+"""
+
+import argparse
+import collections
+import glob
+import json
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def op_stats(logdir):
+    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
+
+    paths = glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb"))
+    if not paths:
+        raise RuntimeError(f"no profile written under {logdir}")
+    data, ok = plugin.xspace_to_tools_data(paths, "framework_op_stats", {})
+    if not ok:
+        raise RuntimeError("the profiler could not convert its trace")
+    table = json.loads(data)
+    table = table[0] if isinstance(table, list) else table
+    cols = [c["id"] if isinstance(c, dict) else c for c in table["cols"]]
+    rows = []
+    for row in table["rows"]:
+        values = [cell.get("v") if isinstance(cell, dict) else cell for cell in row["c"]]
+        rows.append(dict(zip(cols, values)))
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="preactresnet18")
+    p.add_argument("--method", default="soft_patchup")
+    p.add_argument("--precision", default="float32")
+    p.add_argument("--batchnorm", default="fused")
+    p.add_argument("--xla", action="store_true")
+    p.add_argument("--batch_size", type=int, default=100)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--top", type=int, default=20)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+
+    import tensorflow as tf
+
+    from patchup_tf.benchmark import TrainBench, make_config
+
+    config = make_config(args.arch, args.method, args.precision, args.xla, args.batchnorm)
+    bench = TrainBench(config, args.batch_size, warmup=2)
+    bench.window(1)
+    logdir = tempfile.mkdtemp(prefix="patchup_profile_")
+    tf.profiler.experimental.start(logdir)
+    bench.window(args.steps)
+    tf.profiler.experimental.stop()
+    rows = op_stats(logdir)
+    by_type = collections.defaultdict(float)
+    for r in rows:
+        if r.get("host_or_device", "Host") in ("Host", "Device", None) and r.get("type"):
+            by_type[r["type"]] += float(r.get("total_self_time") or 0.0)
+    total = sum(by_type.values()) or 1.0
+    ranked = sorted(by_type.items(), key=lambda kv: -kv[1])
+    print(f"{args.arch} {args.method} {args.precision} bn={args.batchnorm} xla={args.xla} "
+          f"batch {args.batch_size}: {bench.windows[-1]:.1f} img/s, "
+          f"{bench.cpu_step[-1]:.2f} CPU-s/step; op self time over {args.steps} steps "
+          f"{total / 1e6:.2f} s")
+    for name, us in ranked[:args.top]:
+        print(f"  {name:<40}{us / 1e3 / args.steps:>10.1f} ms/step {100 * us / total:>6.1f}%")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"config": config, "by_type_us": dict(ranked), "ops": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""`--precision auto` from evidence (`patchup_tf.precision`) and float32 logits."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from patchup_tf import precision
+from patchup_tf.models import build
+
+BF16_FASTER = {"float32": {"wall_s": 2.0, "cpu_s": 3.0},
+               "mixed_bfloat16": {"wall_s": 1.0, "cpu_s": 1.8}}
+BF16_SLOWER = {"float32": {"wall_s": 1.0, "cpu_s": 2.0},
+               "mixed_bfloat16": {"wall_s": 1.5, "cpu_s": 3.0}}
+
+
+class CountingProbe:
+    def __init__(self, figures=BF16_FASTER, error=None):
+        self.figures, self.error, self.calls = figures, error, []
+
+    def __call__(self, **spec):
+        self.calls.append(spec)
+        if self.error:
+            raise self.error
+        return self.figures
+
+
+@pytest.fixture
+def cpu(monkeypatch, tmp_path):
+    """A CPU with AMX bf16 (so `auto` measures) and a private cache folder."""
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16", "amx_bf16"})
+    monkeypatch.setattr(precision, "cpu_model", lambda: "Test CPU 9000")
+    monkeypatch.delenv(precision.PROBE_ENV, raising=False)
+    monkeypatch.setenv(precision.CACHE_ENV, str(tmp_path / "cache"))
+    return tmp_path / "cache" / precision.CACHE_FILE
+
+
+def resolve(**kwargs):
+    logs = []
+    kwargs.setdefault("gpus", [])
+    choice = precision.resolve_precision("auto", log=logs.append, **kwargs)
+    return choice, logs
+
+
+# ------------------------------------------------------------------ rules
+@pytest.mark.parametrize("requested", ["float32", "mixed_bfloat16", "mixed_float16"])
+def test_explicit_precision_is_returned_as_is(requested):
+    assert precision.resolve_precision(requested, probe=CountingProbe(error=AssertionError)) \
+        == requested
+
+
+def test_unknown_precision_is_rejected():
+    with pytest.raises(ValueError, match="bfloat32"):
+        precision.resolve_precision("bfloat32")
+
+
+@pytest.mark.parametrize("caps, expected", [
+    ([(9, 0)], "mixed_bfloat16"),
+    ([(8, 0)], "mixed_bfloat16"),
+    ([(8, 6), (9, 0)], "mixed_bfloat16"),
+    ([(7, 5)], "float32"),
+    ([(9, 0), (7, 0)], "float32"),  # every GPU must support bf16
+    ([None], "float32"),
+])
+def test_gpu_rule(cpu, caps, expected):
+    probe = CountingProbe(error=AssertionError("no probe on GPUs"))
+    choice, logs = resolve(gpus=caps, probe=probe)
+    assert choice == expected and probe.calls == []
+    assert "compute capability" in logs[0]
+    assert not os.path.exists(cpu)
+
+
+@pytest.mark.parametrize("cap, expected", [((9, 0), "mixed_bfloat16"), ((7, 0), "float32")])
+def test_gpu_rule_from_a_mocked_device_list(cpu, monkeypatch, cap, expected):
+    fake = tf.config.PhysicalDevice(name="/physical_device:GPU:0", device_type="GPU")
+    monkeypatch.setattr(tf.config, "list_physical_devices",
+                        lambda kind=None: [fake] if kind == "GPU" else [])
+    monkeypatch.setattr(tf.config.experimental, "get_device_details",
+                        lambda device: {"device_name": "Fake", "compute_capability": cap})
+    assert precision.gpu_compute_capabilities() == [cap]
+    probe = CountingProbe(error=AssertionError("no probe on GPUs"))
+    assert precision.resolve_precision("auto", probe=probe, log=lambda m: None) == expected
+    assert probe.calls == []
+
+
+def test_cpu_without_bf16_instructions_is_float32_without_a_probe(cpu, monkeypatch):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "avx512f"})
+    probe = CountingProbe(error=AssertionError("no probe"))
+    choice, logs = resolve(probe=probe)
+    assert choice == "float32" and probe.calls == [] and "no bfloat16" in logs[0]
+
+
+@pytest.mark.parametrize("flags, expected", [({"amx_bf16", "avx512_bf16"}, "mixed_bfloat16"),
+                                             ({"avx512_bf16"}, "float32")])
+def test_probe_switched_off_uses_the_amx_rule(cpu, monkeypatch, flags, expected):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+    monkeypatch.setenv(precision.PROBE_ENV, "0")
+    probe = CountingProbe(error=AssertionError("no probe"))
+    assert resolve(probe=probe)[0] == expected and probe.calls == []
+    monkeypatch.delenv(precision.PROBE_ENV)
+    assert resolve(probe=probe, allow_probe=False)[0] == expected and probe.calls == []
+
+
+@pytest.mark.parametrize("figures, expected", [
+    (BF16_FASTER, "mixed_bfloat16"),
+    (BF16_SLOWER, "float32"),
+    # faster by less than the margin
+    ({"float32": {"wall_s": 1.0, "cpu_s": 2.0}, "mixed_bfloat16": {"wall_s": 0.97, "cpu_s": 1.9}},
+     "float32"),
+    # faster in wall-clock time but more CPU
+    ({"float32": {"wall_s": 2.0, "cpu_s": 2.0}, "mixed_bfloat16": {"wall_s": 1.0, "cpu_s": 2.2}},
+     "float32"),
+])
+def test_decide(figures, expected):
+    assert precision.decide(figures) == expected
+
+
+# ------------------------------------------------------------------ cache
+def test_probe_result_is_cached_and_reused(cpu):
+    probe = CountingProbe(BF16_FASTER)
+    choice, logs = resolve(arch="wrn28_2", batch_size=64, probe=probe)
+    assert choice == "mixed_bfloat16" and len(probe.calls) == 1
+    assert probe.calls[0]["arch"] == "wrn28_2" and probe.calls[0]["batch_size"] == 64
+    # the figures are printed when measured
+    assert any("float32 2.000 s/step" in line for line in logs)
+    with open(cpu) as f:
+        data = json.load(f)
+    (entry,) = data["entries"].values()
+    assert entry["choice"] == "mixed_bfloat16" and entry["figures"] == BF16_FASTER
+    assert entry["key"]["cpu"] == "Test CPU 9000" and entry["key"]["batch_size"] == 64
+    assert entry["key"]["tensorflow"] == tf.__version__
+
+    # Second call: no probe, same answer, from the cache.
+    choice, logs = resolve(arch="wrn28_2", batch_size=64, probe=probe)
+    assert choice == "mixed_bfloat16" and len(probe.calls) == 1
+    assert "cached" in logs[0]
+
+    # Another batch size or arch is another key: measured once more.
+    assert resolve(arch="wrn28_2", batch_size=128, probe=CountingProbe(BF16_SLOWER))[0] == "float32"
+    assert resolve(arch="wrn28_2", batch_size=128, probe=probe)[0] == "float32"
+    assert len(probe.calls) == 1
+    with open(cpu) as f:
+        assert len(json.load(f)["entries"]) == 2
+
+
+def test_refresh_measures_again(cpu, monkeypatch):
+    assert resolve(probe=CountingProbe(BF16_FASTER))[0] == "mixed_bfloat16"
+    monkeypatch.setenv(precision.PROBE_ENV, "refresh")
+    probe = CountingProbe(BF16_SLOWER)
+    assert resolve(probe=probe)[0] == "float32" and len(probe.calls) == 1
+    monkeypatch.delenv(precision.PROBE_ENV)
+    assert resolve(probe=CountingProbe(error=AssertionError))[0] == "float32"
+
+
+@pytest.mark.parametrize("garbage", [b"{not json", b"", b"\xff\xfe\x00", b"[1, 2, 3]",
+                                     b'{"version": 1, "entries": 5}', b'{"version": 99}'])
+def test_corrupt_cache_is_ignored_and_rewritten(cpu, garbage):
+    os.makedirs(os.path.dirname(cpu))
+    with open(cpu, "wb") as f:
+        f.write(garbage)
+    probe = CountingProbe(BF16_FASTER)
+    assert resolve(probe=probe)[0] == "mixed_bfloat16" and len(probe.calls) == 1
+    with open(cpu) as f:
+        data = json.load(f)  # valid again
+    assert data["version"] == precision.CACHE_VERSION and len(data["entries"]) == 1
+    leftovers = [n for n in os.listdir(os.path.dirname(cpu)) if n.endswith(".tmp")]
+    assert leftovers == []
+    assert resolve(probe=probe)[0] == "mixed_bfloat16" and len(probe.calls) == 1
+
+
+def test_cache_write_is_atomic(cpu, monkeypatch):
+    assert resolve(probe=CountingProbe(BF16_FASTER))[0] == "mixed_bfloat16"
+    with open(cpu) as f:
+        before = f.read()
+
+    def broken_dump(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(precision.json, "dump", broken_dump)
+    logs = []
+    choice = precision.resolve_precision("auto", arch="wrn28_2", gpus=[],
+                                         probe=CountingProbe(BF16_SLOWER), log=logs.append)
+    assert choice == "float32"  # the decision stands even if the cache cannot be written
+    assert any("cannot write" in line for line in logs)
+    with open(cpu) as f:
+        assert f.read() == before  # the old file is intact
+    assert [n for n in os.listdir(os.path.dirname(cpu)) if n.endswith(".tmp")] == []
+
+
+def test_failed_probe_falls_back_to_the_amx_rule_and_is_cached(cpu):
+    probe = CountingProbe(error=RuntimeError("out of memory"))
+    choice, logs = resolve(probe=probe)
+    assert choice == "mixed_bfloat16" and "probe failed" in logs[-1]
+    assert resolve(probe=probe)[0] == "mixed_bfloat16" and len(probe.calls) == 1
+
+
+def test_real_probe_of_a_model_builder(cpu):
+    """The in-process measurement, on a tiny model (both precisions run)."""
+    from tests.helpers.tiny import tiny_model
+
+    choice, logs = resolve(model_builder=lambda: tiny_model(),
+                           model_name="tiny", batch_size=4, num_classes=4, steps=2)
+    assert choice in ("float32", "mixed_bfloat16")
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+    with open(cpu) as f:
+        (entry,) = json.load(f)["entries"].values()
+    assert entry["key"]["arch"] == "tiny" and entry["choice"] == choice
+    for p in ("float32", "mixed_bfloat16"):
+        assert entry["figures"][p]["wall_s"] > 0 and entry["figures"][p]["cpu_s"] >= 0
+        assert len(entry["figures"][p]["wall_s_steps"]) == 2
+    assert any("s/step" in line for line in logs)
+
+
+def test_real_probe_in_a_subprocess():
+    """`probe_subprocess` times a real step of an arch in a fresh process."""
+    figures = precision.probe_subprocess(arch="wrn28_2", batch_size=2, steps=1, warmup=1,
+                                         timeout=600)
+    for p in ("float32", "mixed_bfloat16"):
+        assert figures[p]["wall_s"] > 0 and figures[p]["cpu_s"] > 0
+    assert precision.decide(figures) in ("float32", "mixed_bfloat16")
+
+
+# --------------------------------------------------------- float32 logits
+@pytest.fixture
+def bf16():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_paper_models_output_float32_logits_under_bf16(bf16):
+    model = build("wrn28_2", 10, "soft_patchup", seed=0)
+    assert keras.backend.standardize_dtype(model.outputs[0].dtype) == "float32"
+    head = model.get_layer("logits")
+    assert head.dtype_policy.name == "float32"
+    assert model.get_layer("stem_conv").compute_dtype == "bfloat16"  # the body stays bf16
+    x = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype("float32")
+    assert model(x, training=False).dtype == tf.float32
+    assert model.predict(x, verbose=0).dtype == np.float32
+
+
+def test_loss_is_float32_under_bf16(bf16):
+    model = build("wrn28_2", 10, "soft_patchup", seed=0, patchup_prob=1.0)
+    seen = []
+    loss = model.method.loss
+
+    def recording_loss(logits, *args, **kwargs):
+        value = loss(logits, *args, **kwargs)
+        seen.append((logits.dtype.name, value.dtype.name))
+        return value
+
+    model.method.loss = recording_loss
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 10, 8).astype("int32")
+    history = model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert seen and all(s == ("float32", "float32") for s in seen)
+
+
+def test_exported_model_serves_float32_logits(bf16, tmp_path):
+    model = build("wrn28_2", 10, seed=0)
+    x = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype("float32")
+    model.export(str(tmp_path / "m"), verbose=False)
+    loaded = tf.saved_model.load(str(tmp_path / "m"))
+    out = loaded.serve(tf.constant(x))
+    assert out.dtype == tf.float32
+    np.testing.assert_allclose(out.numpy(), model.predict(x, verbose=0), atol=1e-5)
+
+
+def _tiny_functional():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(5, name="head")(x), name="tiny")
+
+
+def test_float32_logits_of_a_model(bf16):
+    model = _tiny_functional()
+    assert keras.backend.standardize_dtype(model.outputs[0].dtype) == "bfloat16"
+    fixed = precision.float32_logits(model)
+    assert fixed is not model and fixed.name == "tiny"
+    assert keras.backend.standardize_dtype(fixed.outputs[0].dtype) == "float32"
+    assert {id(v) for v in fixed.weights} == {id(v) for v in model.weights}  # shared
+    assert fixed.count_params() == model.count_params()
+    x = np.ones((2, 8, 8, 3), "float32")
+    out = fixed(x)
+    assert out.dtype == tf.float32
+    np.testing.assert_allclose(out.numpy(), tf.cast(model(x), tf.float32).numpy())
+    assert precision.float32_logits(fixed) is fixed  # already float32
+
+
+def test_float32_logits_of_a_tensor(bf16):
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    logits = precision.float32_logits(keras.layers.Dense(5)(x))
+    model = keras.Model(inputs, logits)
+    assert model(np.ones((1, 8, 8, 3), "float32")).dtype == tf.float32
+    assert model.layers[-1].name == "logits_float32"
