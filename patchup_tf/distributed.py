@@ -28,25 +28,29 @@ are per replica (not synchronised); the chief's are the ones checkpointed.
 
 Callbacks and files. Every worker runs the same callbacks with the same
 (reduced) logs, so they stop together (e.g. on a NaN loss). The epoch-end
-evaluation and the checkpoints involve no collective op (model and
-optimizer variables are mirrored: each worker reads its local copy; the
-tests save `.keras` and a SavedModel on the chief alone), so only the
-chief writes them and the other
-workers skip writing instead of writing to a throwaway folder; they still
-evaluate (locally, on the whole validation and test sets), which keeps
-them in step with the chief.
+evaluation involves no collective op (model and optimizer variables are
+mirrored: each worker reads its local copy), so every worker evaluates
+locally, on the whole validation and test sets, which keeps them in step.
+Saving a `tf.train.Checkpoint` may involve collective ops, so at each epoch
+end every worker saves one, as TensorFlow's multi-worker guide prescribes:
+the chief into the experiment folder, the others into a local temporary
+folder deleted right after (`patchup_tf.checkpoints`). The chief alone
+writes the other files (logs, `.keras`, the SavedModel: the tests save those
+on the chief alone); the other workers write nothing to the experiment
+folder.
 
-Checkpoints and preemption. The experiment's `state.npz` (model and
-optimizer state, written atomically by the chief at each epoch end, see
-`patchup_tf.experiment`) plays the part of Keras' `BackupAndRestore`
-(`save_freq="epoch"`): a job killed at any point, restarted with the same
-command on every worker, resumes after the last completed epoch and ends
-with the weights of an uninterrupted run. Every worker restores it at
-start, so the experiment folder must be on storage shared by all hosts;
-after a restore every worker holds the chief's BN statistics. A worker
-that dies leaves the others blocked in a collective op: restart all of
-them. `train_loop` ends with a `barrier`, so that no worker reads the
-files (`best.keras`) the chief is still writing.
+Checkpoints and preemption. The experiment's `checkpoints/` (model,
+optimizer, progress and best weights, committed by the chief at each epoch
+end through a `tf.train.CheckpointManager`, see `patchup_tf.checkpoints`)
+plays the part of Keras' `BackupAndRestore` (`save_freq="epoch"`): a job
+killed at any point, restarted with the same command on every worker,
+resumes after the last completed epoch and ends with the weights of an
+uninterrupted run. Every worker restores the chief's checkpoint at start,
+so the experiment folder must be on storage shared by all hosts; after a
+restore every worker holds the chief's BN statistics. A worker that dies
+leaves the others blocked in a collective op: restart all of them.
+`train_loop` ends with a `barrier`, so that no worker reads the checkpoint
+the chief is still writing.
 """
 
 import sys

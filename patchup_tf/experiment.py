@@ -8,15 +8,19 @@ named from the flags as the reference names it) holds:
 * `log.csv`, `log.json`, `log.pkl`: per epoch lr, train loss/accuracy,
   valid and test loss/top-1/top-5/error, seconds;
 * `tensorboard/`: TensorBoard events; `loss.png`, `accuracy.png`: curves;
-* `state.npz`: model + optimizer state after the last completed epoch, the
-  resume point; `best.keras`: the weights of the strictly best validation
-  epoch; `last.keras` with `--checkpoint True`;
+* `checkpoints/`: a `tf.train.CheckpointManager` folder, the resume point:
+  after the last completed epoch, the model, optimizer, progress, history
+  and best weights (`patchup_tf.checkpoints`); `best.keras`: the weights of
+  the strictly best validation epoch; `last.keras` with `--checkpoint True`;
 * `report.json`: validation/test metrics of the best weights (plus the
   deformed sets and FGSM when asked); `saved_model/`: its SavedModel.
 
-Every file is written atomically (temporary file, then rename), so a run
-killed at any moment restarts with the same command from its last completed
-epoch and ends with the same log and weights as an uninterrupted run.
+Every file is written atomically (temporary file, then rename). The
+checkpoint is committed first at each epoch end and the other files are
+written from it (again on resume), so a run killed at any moment restarts
+with the same command from its last completed epoch and ends with the same
+log and weights as an uninterrupted run (bitwise with `--deterministic
+True`, the default).
 """
 
 import csv
@@ -26,14 +30,13 @@ import os
 import pickle
 import sys
 import time
-import zipfile
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from patchup_tf import data as data_lib
 from patchup_tf import flags as flags_lib
+from patchup_tf.checkpoints import LEGACY_STATE, RunCheckpoint, has_checkpoint
 from patchup_tf import models
 from patchup_tf.distributed import train_loop
 from patchup_tf.evaluation import evaluate_affine_sets, evaluate_classifier, fgsm_sweep
@@ -62,36 +65,6 @@ LOG_FIELDS = (
 )
 
 
-def save_state(path, model, meta):
-    """Model and optimizer variables plus `meta` in one `.npz`, atomically."""
-    arrays = {f"m{i}": v.numpy() for i, v in enumerate(model.variables)}
-    arrays.update({f"o{i}": v.numpy() for i, v in enumerate(model.optimizer.variables)})
-    arrays["meta"] = np.array(json.dumps(meta, default=jsonable))
-
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    atomic_write(path, write, suffix=".npz")
-
-
-def load_state(path, model):
-    """Restores what `save_state` wrote into a built model; returns `meta`."""
-    with np.load(path, allow_pickle=False) as data:
-        model.optimizer.build(model.trainable_variables)
-        for prefix, variables in (("m", model.variables), ("o", model.optimizer.variables)):
-            count = sum(1 for k in data.files if k.startswith(prefix) and k[1:].isdigit())
-            if count != len(variables):
-                raise ValueError(
-                    f"{path} holds {count} {'model' if prefix == 'm' else 'optimizer'} "
-                    f"variables but the model has {len(variables)}: it belongs to "
-                    "another configuration. Use another --root_dir or --job_id."
-                )
-            for i, variable in enumerate(variables):
-                variable.assign(data[f"{prefix}{i}"])
-        return json.loads(str(data["meta"]))
-
-
 # ---------------------------------------------------------------- helpers
 def choose_precision(requested, mixed_flag=False):
     """`auto` -> mixed_bfloat16 on a GPU or a CPU with AMX bf16 tiles, else float32.
@@ -113,6 +86,18 @@ def choose_precision(requested, mixed_flag=False):
     except OSError:
         return "float32"
     return "mixed_bfloat16" if "amx_bf16" in cpu_flags else "float32"
+
+
+def configure_determinism():
+    """`--deterministic True`: TensorFlow's deterministic kernels.
+
+    `enable_op_determinism` selects kernels whose results do not depend on
+    thread timing (and forces tf.data's deterministic order, which the
+    input pipeline asks for anyway); with the seeds `run` sets and
+    `MixingModel`'s stateless plans, a command repeated on the same machine
+    and software gives the same weights and log, bit for bit.
+    """
+    tf.config.experimental.enable_op_determinism()
 
 
 def make_strategy(name):
@@ -170,6 +155,8 @@ def run(argv=None):
     args, config = resolve(argv)
 
 
+    if args.deterministic:  # before the strategy: it may start the runtime
+        configure_determinism()
     # First: MultiWorkerMirroredStrategy must configure the runtime before any op runs.
     strategy = make_strategy(args.strategy)
     replicas = strategy.num_replicas_in_sync
@@ -190,9 +177,13 @@ def run(argv=None):
     keras.mixed_precision.set_global_policy(config["precision"])
     exp_dir = config["experiment_dir"]
     chief = is_chief()
-    state_path = os.path.join(exp_dir, "state.npz")
-    if os.path.exists(state_path):
+    resuming = has_checkpoint(exp_dir)
+    if resuming:
         _check_same_run(exp_dir, config)
+    elif os.path.exists(os.path.join(exp_dir, LEGACY_STATE)):
+        fail(f"{exp_dir} was written by an older version of patchup_tf (its resume point is "
+             f"{LEGACY_STATE}) and cannot be resumed by this one; start a new experiment "
+             "folder with another --root_dir or --job_id")
     try:
         os.makedirs(exp_dir, exist_ok=True)
     except OSError as e:  # unwritable --root_dir, a name too long for the file system
@@ -201,19 +192,22 @@ def run(argv=None):
         remove_stale_temporaries(exp_dir)
     with strategy.scope():
         model = _build_model(args, config, datasets.num_classes)
+    state = RunCheckpoint(model, exp_dir, chief)  # the chief also cleans a killed save up
     meta = {"epoch": -1, "best_valid_top1": -math.inf, "best_epoch": None, "history": []}
-    if os.path.exists(state_path):
+    if resuming:
         try:
-            meta = load_state(state_path, model)
-        except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as e:
-            fail(f"cannot resume from {state_path}: {e}")
+            meta = state.restore()
+        except (ValueError, OSError) as e:
+            fail(f"cannot resume from {state.directory}: {e}")
         print(f"resuming {exp_dir} after epoch {meta['epoch']}")
     elif chief:
         write_json(os.path.join(exp_dir, "flags.json"), config)
         write_text(os.path.join(exp_dir, "log.txt"), json.dumps(config["flags"], sort_keys=True) + "\n")
 
     logger = EpochLogger(model, datasets, config, exp_dir, meta, evaluate_classifier,
-                                   chief)
+                                   chief, state)
+    if resuming and chief:  # a kill may have cut the files after the commit short
+        logger.write_files(meta, new_best=meta["best_epoch"] == meta["epoch"])
     if meta["epoch"] + 1 < config["epochs"]:
         train_ds = data_lib.train_epochs(datasets, first_epoch=meta["epoch"] + 1)
         lr_at = step_lr(args.learning_rate, config["schedule"], config["step_factors"])
@@ -227,29 +221,37 @@ def run(argv=None):
             # Plain steps from this 0-based epoch on (also after a resume).
             from patchup_tf.training import StopMixing
             callbacks.insert(0, StopMixing(args.mix_off_epoch))
-        if args.strategy == "multi_worker":  # fit fails there (keras-team/keras#20585)
-            train_loop(model, train_ds, epochs=config["epochs"], initial_epoch=meta["epoch"] + 1,
-                       steps_per_epoch=datasets.steps_per_epoch, lr_at=lr_at,
-                       callbacks=callbacks, strategy=strategy,
-                       verbose=args.verbose if chief else 0)
-        else:
-            model.fit(
-                train_ds, epochs=config["epochs"], initial_epoch=meta["epoch"] + 1,
-                steps_per_epoch=datasets.steps_per_epoch, callbacks=callbacks,
-                verbose=args.verbose, shuffle=False,  # the stream is shuffled (and resumable)
-            )
+        try:
+            if args.strategy == "multi_worker":  # fit fails there (keras-team/keras#20585)
+                train_loop(model, train_ds, epochs=config["epochs"],
+                           initial_epoch=meta["epoch"] + 1,
+                           steps_per_epoch=datasets.steps_per_epoch, lr_at=lr_at,
+                           callbacks=callbacks, strategy=strategy,
+                           verbose=args.verbose if chief else 0)
+            else:
+                model.fit(
+                    train_ds, epochs=config["epochs"], initial_epoch=meta["epoch"] + 1,
+                    steps_per_epoch=datasets.steps_per_epoch, callbacks=callbacks,
+                    verbose=args.verbose, shuffle=False,  # the stream is shuffled (and resumable)
+                )
+        except tf.errors.UnimplementedError as e:  # e.g. a GPU kernel with no deterministic form
+            if not args.deterministic:
+                raise
+            fail(f"{e.message.splitlines()[0]}; this device has no deterministic kernel for "
+                 "an op of this run: run it with --deterministic False (the last completed "
+                 "epoch's checkpoint is kept)")
         if logger.nan_at is not None:
             done = logger.meta["epoch"]
-            kept = (f"the last good checkpoint, {state_path} (after epoch {done}), is kept"
+            kept = (f"the last good checkpoint, {state.latest()} (after epoch {done}), is kept"
                     if done >= 0 else "no epoch completed, so no checkpoint was written")
             fail(f"the training loss became NaN at epoch {logger.nan_at[0]}, step "
                  f"{logger.nan_at[1]}; stopped; {kept}. Lower --learning_rate.", EXIT_NAN)
     report = _final_report(args, config, model, datasets, exp_dir, logger.meta,
-                           evaluate_classifier, affine_sets, chief)
+                           evaluate_classifier, affine_sets, chief, state)
     return report
 
 
-# What must match for a folder's state.npz to be resumed by this command (the
+# What must match for a folder's checkpoint to be resumed by this command (the
 # folder name leaves out e.g. --labels_per_class).
 _RUN_KEYS = ("method", "epochs", "schedule", "step_factors")
 _RUN_FLAGS = ("dataset", "arch", "labels_per_class", "valid_labels_per_class", "batch_size",
@@ -262,7 +264,7 @@ def _check_same_run(exp_dir, config):
         with open(os.path.join(exp_dir, "flags.json")) as f:
             saved = json.load(f)
     except (OSError, ValueError):
-        return  # Older or foreign folder: load_state's own checks apply.
+        return  # Older or foreign folder: the checkpoint's own checks apply.
     now = json.loads(json.dumps(config, default=jsonable))
     differ = [k for k in _RUN_KEYS if saved.get(k) != now.get(k)]
 
@@ -301,10 +303,11 @@ def _find_affine_sets(args):
 class EpochLogger(keras.callbacks.Callback):
     """Per-epoch evaluation, logs, best and resume checkpoints, NaN guard."""
 
-    def __init__(self, model, datasets, config, exp_dir, meta, evaluate, chief):
+    def __init__(self, model, datasets, config, exp_dir, meta, evaluate, chief, state):
         super().__init__()
         self._model_ref, self.datasets, self.config = model, datasets, config
         self.exp_dir, self.meta, self.evaluate, self.chief = exp_dir, meta, evaluate, chief
+        self.state = state  # RunCheckpoint
         self.nan_at = None
         self._start = time.time()
 
@@ -334,18 +337,45 @@ class EpochLogger(keras.callbacks.Callback):
         meta = dict(self.meta)
         meta["history"] = list(meta["history"]) + [row]
         meta["epoch"] = epoch
-        if not self.chief:
-            self.meta = meta
-            return
-        if row["valid_top1"] > meta["best_valid_top1"]:
+        new_best = row["valid_top1"] > meta["best_valid_top1"]
+        if new_best:
             meta["best_valid_top1"], meta["best_epoch"] = row["valid_top1"], epoch
+        # The commit comes first (every worker saves; see patchup_tf.checkpoints);
+        # the files below are written from it, again on resume if cut short.
+        self.state.save(meta, new_best)
+        self.meta = meta
+        if self.chief:
+            self.write_files(meta, new_best)
+            self.report_epoch(epoch, row)
+
+    def report_epoch(self, epoch, row):
+        """Validation and test figures on the console and in TensorBoard
+        (`tensorboard/validation`, `tensorboard/test`, beside Keras' `train`;
+        their `epoch_loss` is the cross-entropy on the clean labels)."""
+        if self.config["flags"].get("verbose", 1):
+            print(f"Epoch {epoch + 1}: valid top1 {row['valid_top1']:.2f} CE "
+                  f"{row['valid_loss']:.4f} | test top1 {row['test_top1']:.2f} CE "
+                  f"{row['test_loss']:.4f}", flush=True)
+        for split in ("valid", "test"):
+            folder = "validation" if split == "valid" else split
+            writer = self._writers.get(split) or tf.summary.create_file_writer(
+                os.path.join(self.exp_dir, "tensorboard", folder))
+            self._writers[split] = writer
+            with writer.as_default():
+                tf.summary.scalar("epoch_loss", row[f"{split}_loss"], step=epoch)
+                tf.summary.scalar("epoch_accuracy", row[f"{split}_top1"] / 100.0, step=epoch)
+                tf.summary.scalar("epoch_top5", row[f"{split}_top5"] / 100.0, step=epoch)
+            writer.flush()
+
+    def write_files(self, meta, new_best):
+        """best.keras (if `new_best`), last.keras and the logs, as of `meta`'s
+        epoch; the model holds that epoch's weights."""
+        model = self._model_ref
+        if new_best:
             save_keras(os.path.join(self.exp_dir, "best.keras"), model)
-        if self.config["flags"].get("checkpoint"):
+        if self.config["flags"].get("checkpoint") and meta["epoch"] >= 0:
             save_keras(os.path.join(self.exp_dir, "last.keras"), model)
         write_logs(self.exp_dir, meta["history"], self.config)
-        # The resume point is written last: everything above is already on disk.
-        save_state(os.path.join(self.exp_dir, "state.npz"), model, meta)
-        self.meta = meta
 
 
 def write_logs(exp_dir, history, config):
@@ -379,11 +409,10 @@ def write_logs(exp_dir, history, config):
     plot_curves(history, exp_dir)
 
 
-def _final_report(args, config, model, datasets, exp_dir, meta, evaluate, affine_sets, chief):
-    best_path = os.path.join(exp_dir, "best.keras")
-    if os.path.exists(best_path):
-        best = keras.models.load_model(best_path, compile=False)
-        model.set_weights(best.get_weights())
+def _final_report(args, config, model, datasets, exp_dir, meta, evaluate, affine_sets, chief,
+                  state):
+    # The best weights of the chief's checkpoint (every worker reads the same).
+    meta = state.restore_best(model) or meta
     report = {
         "experiment_dir": exp_dir, "best_epoch": meta["best_epoch"],
         "epochs_completed": meta["epoch"] + 1,

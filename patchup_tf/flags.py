@@ -112,6 +112,8 @@ def build_parser():
     _bool_flag(p, "--mixed_precision", "shorthand for --precision mixed_bfloat16")
     _bool_flag(p, "--jit_compile", "compile the train step with XLA")
     a("--strategy", default="default", choices=("default", "mirrored", "multi_worker"))
+    _bool_flag(p, "--deterministic", "deterministic TensorFlow kernels: the same command gives "
+               "bitwise the same run on the same machine (default: True)", default=True)
     _bool_flag(p, "--resume", "continue the experiment folder's last completed epoch (also automatic)")
     a("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras progress bar mode")
     # Accepted for compatibility with the reference; they change nothing here.

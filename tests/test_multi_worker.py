@@ -206,10 +206,10 @@ def experiment_dir(root):
 
 
 def state_arrays(exp_dir):
-    with np.load(os.path.join(exp_dir, "state.npz")) as data:
-        arrays = {k: data[k] for k in data.files if k != "meta"}
-        meta = json.loads(str(data["meta"]))
-    return arrays, meta
+    """`(arrays, meta)` of the folder's latest checkpoint (see patchup_tf.checkpoints)."""
+    from patchup_tf.checkpoints import read_checkpoint
+
+    return read_checkpoint(exp_dir)
 
 
 def audited_writes(log_path):
@@ -360,7 +360,7 @@ def test_train_py_on_two_workers_only_the_chief_writes(tmp_path):
     root, audit = paths(workers.attempt)
     exp_dir = experiment_dir(str(root))
     files = set(os.listdir(exp_dir))
-    assert {"flags.json", "log.txt", "log.json", "log.csv", "state.npz", "best.keras",
+    assert {"flags.json", "log.txt", "log.json", "log.csv", "checkpoints", "best.keras",
             "report.json", "saved_model", "tensorboard"} <= files
     assert not [f for f in files if f.startswith(".tmp")]
     _, meta = state_arrays(exp_dir)
@@ -385,7 +385,7 @@ def test_train_py_on_two_workers_only_the_chief_writes(tmp_path):
 def test_multi_worker_run_killed_mid_epoch_resumes_exactly(tmp_path):
     """Both workers SIGKILLed mid-epoch 1 (after the epoch-0 checkpoint
     exists), restarted with the same command: they resume from the chief's
-    state.npz and end with the state of an uninterrupted two-worker run."""
+    checkpoint and end with the state of an uninterrupted two-worker run."""
     root, reference_root = tmp_path / "killed", tmp_path / "uninterrupted"
     flags = TINY_FLAGS + ["--strategy", "multi_worker"]
     marker = str(tmp_path / "paused")

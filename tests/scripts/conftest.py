@@ -161,12 +161,25 @@ def only_experiment(root):
     return dirs[0]
 
 
-def read_state(path):
-    """`(arrays, meta)` of a state.npz."""
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files if k != "meta"}
-        meta = json.loads(str(data["meta"]))
-    return arrays, meta
+def read_state(exp_dir):
+    """`(arrays, meta)` of the latest checkpoint of an experiment folder.
+
+    `arrays`: every saved variable by checkpoint key (the history left out:
+    it holds wall-clock seconds); `meta`: `epoch`, `best_epoch`,
+    `best_valid_top1`, `history`, `prefix` (see `patchup_tf.checkpoints`).
+    """
+    from patchup_tf.checkpoints import read_checkpoint
+
+    return read_checkpoint(exp_dir)
+
+
+def committed_epoch(exp_dir):
+    """The last completed epoch per the folder's checkpoint index; -1 before
+    the first. Reads one small file (replaced atomically): cheap to poll."""
+    from patchup_tf.checkpoints import committed_epoch as read_index
+
+    epoch = read_index(exp_dir)
+    return -1 if epoch is None else epoch
 
 
 def keras_weights(path):
@@ -180,7 +193,8 @@ def keras_weights(path):
 
 
 def check_files_load(exp_dir):
-    """Every file in the folder is whole: json/csv/npz/keras/pkl/png load."""
+    """Every file in the folder is whole: json/csv/keras/pkl/png and the
+    checkpoint load."""
     import pickle
 
     problems = []
@@ -192,8 +206,9 @@ def check_files_load(exp_dir):
             if name.endswith(".json"):
                 with open(path) as f:
                     json.load(f)
-            elif name.endswith(".npz"):
-                read_state(path)
+            elif name == "checkpoints":
+                if os.path.exists(os.path.join(path, "checkpoint")):
+                    read_state(exp_dir)
             elif name.endswith(".keras"):
                 with zipfile.ZipFile(path) as z:
                     assert z.testzip() is None

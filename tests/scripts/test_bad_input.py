@@ -210,12 +210,12 @@ def test_nan_loss_stops_with_exit_3_and_keeps_the_last_good_checkpoint(fabricate
     assert proc.returncode == 3, describe(proc)
     assert "Traceback" not in proc.stderr, describe(proc)
     message = _message(proc.stderr)
-    assert "NaN" in message and "epoch 1" in message and "state.npz" in message, message
+    assert "NaN" in message and "epoch 1" in message and "epoch-0" in message, message
     exp = experiment_dirs(root)
     assert len(exp) == 1, exp
     exp = exp[0]
     check_files_load(exp)
-    arrays, meta = read_state(os.path.join(exp, "state.npz"))
+    arrays, meta = read_state(exp)
     assert meta["epoch"] == 0 and len(meta["history"]) == 1
     assert all(np.all(np.isfinite(a)) for a in arrays.values() if a.dtype.kind == "f")
     assert os.path.exists(os.path.join(exp, "best.keras"))
@@ -231,7 +231,7 @@ def test_nan_in_the_first_epoch_says_no_checkpoint(data_case_runs):
     message = _message(proc.stderr)
     assert "NaN" in message and "no checkpoint" in message, message
     for exp in experiment_dirs(root):
-        assert not os.path.exists(os.path.join(exp, "state.npz"))
+        assert not os.path.exists(os.path.join(exp, "checkpoints", "checkpoint"))
 
 
 

@@ -144,4 +144,4 @@ def test_original_command_runs_and_fills_the_experiment_folder(run_id, original_
     leftovers = [n for n in os.listdir(exp) if n.startswith(".tmp-") or n.endswith(".old")]
     assert not leftovers, leftovers
     assert not os.path.exists(os.path.join(exp, "last.keras"))  # only with --checkpoint True
-    assert os.path.exists(os.path.join(exp, "state.npz"))
+    assert os.path.exists(os.path.join(exp, "checkpoints", "checkpoint"))  # the resume point
