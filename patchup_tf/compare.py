@@ -40,7 +40,7 @@ from patchup_tf import flags as flags_lib
 from patchup_tf.files import atomic_write
 
 OUTPUTS = ("comparison.md", "comparison.csv", "comparison.json", "comparison.png")
-MARKERS = ("flags.json", "report.json", "log.json", "state.npz")
+MARKERS = ("flags.json", "report.json", "log.json")
 
 # Flags that do not define the setting: the seed and the run's bookkeeping.
 NOT_GROUPED = frozenset({"seed", "job_id", *flags_lib.OUTPUT_FLAGS, *flags_lib.COMPAT_FLAGS})

@@ -57,6 +57,7 @@ import sys
 import time
 
 from patchup_tf import flags as flags_lib
+from patchup_tf.checkpoints import has_checkpoint
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -384,7 +385,7 @@ def execute(runs, options):
                     gpu = min(gpus, key=lambda g: busy[g])
                 path = log_path(options.root_dir, run.name)
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                resumed = os.path.exists(os.path.join(run.folder, "state.npz"))
+                resumed = has_checkpoint(run.folder)
                 log = open(path, "a")
                 stamp = datetime.datetime.now().isoformat(timespec="seconds")
                 log.write(f"# {stamp} {shlex.join(run.command())}"

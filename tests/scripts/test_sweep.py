@@ -188,8 +188,9 @@ def test_gpus_one_run_per_gpu(tmp_path, capsys, fake, monkeypatch):
 def test_interrupted_and_changed_runs_are_run_again(tmp_path, capsys, fake):
     root = tmp_path / "runs"
     _, killed = sweep.resolve(["--root_dir", str(root), *TINY, "--seed", "0"])
-    os.makedirs(killed)
-    open(os.path.join(killed, "state.npz"), "w").close()  # a killed run's resume point
+    os.makedirs(os.path.join(killed, "checkpoints"))
+    with open(os.path.join(killed, "checkpoints", "checkpoint"), "w") as f:  # a killed
+        f.write('model_checkpoint_path: "epoch-0"\n')  # run's resume point
     done = _finish(root, [*TINY, "--seed", "1"])
     code, out, err = _sweep(capsys, "--root_dir", root, *TINY, "--seed", "0", "1")
     assert code == 0, out + err
