@@ -38,10 +38,12 @@ from patchup_tf import data as data_lib
 from patchup_tf import flags as flags_lib
 from patchup_tf.checkpoints import LEGACY_STATE, RunCheckpoint, has_checkpoint
 from patchup_tf import models
+from patchup_tf.attach import attach
 from patchup_tf.distributed import train_loop
 from patchup_tf.evaluation import evaluate_affine_sets, evaluate_classifier, fgsm_sweep
 from patchup_tf.evaluation.report import EvaluationError, affine_set_paths
 from patchup_tf.methods import Method
+from patchup_tf.models.applications import keras_application
 from patchup_tf.plots import plot_curves
 from patchup_tf.training import recipe, step_lr
 from patchup_tf.files import (
@@ -124,18 +126,7 @@ def resolve(argv):
     parser = flags_lib.build_parser()
     args = parser.parse_args(argv)
     try:
-        method = flags_lib.resolve_method(args)
-        epochs, schedule, factors = flags_lib.resolve_schedule(args)
-        options = flags_lib.method_options(args, method)
-        flags_lib.check_values(args, method, options)  # fast: no TensorFlow yet
-        if args.affine_test and not args.affine_path:
-            raise flags_lib.FlagError("--affine_test needs --affine_path DIR "
-                                      "(made by scripts/make_affine_sets.py)")
-        name = flags_lib.experiment_name(args, method, epochs)
-        if len(name.encode()) > 255:
-            raise flags_lib.FlagError(
-                f"the experiment folder name would be {len(name.encode())} bytes long, more "
-                "than file systems allow (255); shorten --add_name or --job_id")
+        args, method, options, epochs, schedule, factors, name = flags_lib.resolve(args)
         Method(method, **options)
     except ValueError as e:
         parser.exit(EXIT_BAD_INPUT, f"error: {e}\n")
@@ -169,6 +160,7 @@ def run(argv=None):
             args.dataset, args.data_dir, batch_size=args.batch_size,
             labels_per_class=args.labels_per_class,
             valid_labels_per_class=args.valid_labels_per_class, seed=args.seed,
+            image_size=args.image_size,
         )
     except ValueError as e:  # DataError included
         fail(str(e))
@@ -284,8 +276,14 @@ def _check_same_run(exp_dir, config):
 
 
 def _build_model(args, config, num_classes):
-    model = models.build(args.arch, num_classes, config["method"], seed=args.seed,
-                         **config["method_options"])
+    if args.arch.startswith("keras:"):  # any keras.applications network, method attached
+        size = args.image_size or 32
+        network = keras_application(args.arch[len("keras:"):], (size, size, 3), num_classes,
+                                    weights=args.weights, bn_momentum=0.9)
+        model = attach(network, config["method"], seed=args.seed, **config["method_options"])
+    else:
+        model = models.build(args.arch, num_classes, config["method"], seed=args.seed,
+                             **config["method_options"])
     optimizer, _ = recipe(args.learning_rate, args.momentum, args.decay,
                           config["schedule"], config["step_factors"])
     model.compile(optimizer=optimizer, jit_compile=bool(args.jit_compile))
@@ -309,6 +307,7 @@ class EpochLogger(keras.callbacks.Callback):
         self.exp_dir, self.meta, self.evaluate, self.chief = exp_dir, meta, evaluate, chief
         self.state = state  # RunCheckpoint
         self.nan_at = None
+        self._writers = {}
         self._start = time.time()
 
     def on_epoch_begin(self, epoch, logs=None):

@@ -7,6 +7,8 @@ reference's argparse defaults, such as `--alpha 0`, are not the paper's).
 
 import argparse
 import math
+import os
+from typing import NamedTuple
 
 # `rules` does not import TensorFlow: a bad command line is answered at once.
 from patchup_tf.rules import (
@@ -29,6 +31,16 @@ OPTION_FLAGS = {
     **{spec.block_flag: "block_size" for spec in METHOD_SPECS.values() if spec.block_flag},
 }
 DIGITS_EPOCHS = 30  # the digits set's default: the paper's 400-2000 epochs are for CIFAR
+# Accepted for the PyTorch original's command lines; they change nothing here.
+COMPAT_FLAGS = ("dropout", "evaluate", "data_aug", "print_freq", "start_epoch", "ngpu",
+                "workers", "manualSeed")
+# Flags that change where and how a run is written or reported, not what it
+# trains (--deterministic, --strategy and --jit_compile at most the last bits).
+OUTPUT_FLAGS = ("root_dir", "data_dir", "verbose", "resume", "strategy", "jit_compile",
+                "checkpoint", "fsgm_attack", "affine_test", "affine_path", "deterministic")
+# Flags replaced by a resolved value in flags.json (the method, its options, the schedule).
+RESOLVED_FLAGS = ("train", "method", "patchup_type", "epochs", "schedule", "step_factors",
+                  "precision", "mixed_precision", *(flag[2:] for flag in OPTION_FLAGS))
 
 
 class FlagError(ValueError):
@@ -63,7 +75,13 @@ def build_parser():
     a("--root_dir", default="experiments", help="folder where experiment folders are created")
     a("--labels_per_class", type=int, default=None, help="training samples per class (default: the dataset's)")
     a("--valid_labels_per_class", type=int, default=None, help="validation samples per class (default: the dataset's)")
-    a("--arch", default="preactresnet18", choices=ARCHS)
+    a("--arch", default="preactresnet18", type=arch_name, metavar="ARCH",
+      help=f"{', '.join(ARCHS)}, or keras:<Name> for any keras.applications network "
+      "(e.g. keras:ResNet50V2), with the method attached at its cut points")
+    a("--image_size", type=int, default=None,
+      help="resize every image to this square (default: the data set's own, 32)")
+    a("--weights", default=None,
+      help="keras:<Name> archs only: a weights file for the backbone, or imagenet")
     a("--epochs", type=int, default=None,
       help=f"default: 2000 PreActResNet, 400 WRN (the paper's); {DIGITS_EPOCHS} on digits")
     a("--train", default=None, choices=TRAIN_CHOICES, help="the reference's method flag")
@@ -117,12 +135,50 @@ def build_parser():
     _bool_flag(p, "--resume", "continue the experiment folder's last completed epoch (also automatic)")
     a("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras progress bar mode")
     # Accepted for compatibility with the reference; they change nothing here.
-    for name in ("--dropout", "--evaluate"):
-        _bool_flag(p, name, argparse.SUPPRESS)
-    for name, kind in (("--data_aug", int), ("--print_freq", int), ("--start_epoch", int),
-                       ("--ngpu", int), ("--workers", int), ("--manualSeed", int)):
-        a(name, type=kind, default=None, help=argparse.SUPPRESS)
+    for name in COMPAT_FLAGS:
+        if name in ("dropout", "evaluate"):
+            _bool_flag(p, f"--{name}", argparse.SUPPRESS)
+        else:
+            a(f"--{name}", type=int, default=None, help=argparse.SUPPRESS)
     return p
+
+
+def arch_name(value):
+    """`--arch`: a paper architecture or `keras:<keras.applications name>`."""
+    if value in ARCHS:
+        return value
+    if value.startswith("keras:"):
+        from patchup_tf.models.applications import APPLICATION_NAMES
+
+        if value[len("keras:"):] in APPLICATION_NAMES:
+            return value
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: no keras.applications network of that name; valid names: "
+            f"{', '.join(APPLICATION_NAMES)}")
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: {value!r} (choose from {', '.join(ARCHS)}, or keras:<Name>)")
+
+
+def check_image_size(args):
+    """`--image_size` and `--weights` against the arch; raises `FlagError`."""
+    if not args.arch.startswith("keras:"):
+        if args.image_size not in (None, 32):
+            raise FlagError(f"--image_size {args.image_size}: the paper's architectures take "
+                            "32x32 images; use a keras:<Name> arch for other sizes")
+        if args.weights is not None:
+            raise FlagError("--weights is for keras:<Name> archs only")
+        return
+    from patchup_tf.models.applications import min_input_size
+
+    name = args.arch[len("keras:"):]
+    size = 32 if args.image_size is None else args.image_size
+    if size < min_input_size(name):
+        raise FlagError(f"--image_size {size}: {name} needs images of at least "
+                        f"{min_input_size(name)}x{min_input_size(name)}; use --image_size "
+                        f"{min_input_size(name)} or more")
+    if args.weights not in (None, "imagenet") and not os.path.isfile(args.weights):
+        raise FlagError(f"--weights {args.weights}: no such file (give a weights file or "
+                        "imagenet)")
 
 
 def resolve_method(args):
@@ -238,10 +294,14 @@ def experiment_name(args, method, epochs):
     """
     o = {**PAPER_DEFAULTS[method], **method_options(args, method)}
     train = "patchup" if method.endswith("_patchup") else method  # the reference's --train
-    name = (f"{args.dataset}_arch_{args.arch}_train_{train}"
+    name = (f"{args.dataset}_arch_{args.arch.replace(':', '-')}_train_{train}"
             f"_m_alpha_{o.get('alpha', 0.0)}"
             f"_eph_{epochs}_bs_{args.batch_size}_lr_{args.learning_rate}_mom_{args.momentum}"
             f"_decay_{args.decay}_seed_{args.seed}")
+    if args.image_size not in (None, 32):
+        name += f"_image_size_{args.image_size}"
+    if args.weights is not None:
+        name += f"_weights_{os.path.splitext(os.path.basename(args.weights))[0]}"
     if args.add_name:
         name += f"_add_name_{args.add_name}"
     if "k" in o:
@@ -273,3 +333,33 @@ def experiment_name(args, method, epochs):
     if args.job_id:
         name += f"_job_id_{args.job_id}"
     return name
+
+
+class Resolved(NamedTuple):
+    """A checked command line: the flags and what they resolve to."""
+
+    args: argparse.Namespace
+    method: str
+    options: dict
+    epochs: int
+    schedule: list
+    step_factors: list
+    name: str  # the experiment folder's name
+
+
+def resolve(args):
+    """Resolves and checks parsed flags (the method table's rules, the
+    schedule, the folder name); raises `FlagError` naming the flag."""
+    method = resolve_method(args)
+    epochs, schedule, factors = resolve_schedule(args)
+    options = method_options(args, method)
+    check_values(args, method, options)
+    check_image_size(args)
+    if args.affine_test and not args.affine_path:
+        raise FlagError("--affine_test needs --affine_path DIR (made by patchup-make-affine-sets)")
+    name = experiment_name(args, method, epochs)
+    if len(name.encode()) > 255:
+        raise FlagError(
+            f"the experiment folder name would be {len(name.encode())} bytes long, more "
+            "than file systems allow (255); shorten --add_name or --job_id")
+    return Resolved(args, method, options, epochs, schedule, factors, name)

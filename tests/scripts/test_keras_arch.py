@@ -50,10 +50,14 @@ def test_trainer_runs_a_keras_application_end_to_end(tmp_path):
     proc = run_train(["--dataset", "digits", "--arch", "keras:MobileNetV3Small", "--method",
                       "soft_patchup", "--epochs", "1", "--labels_per_class", "20",
                       "--valid_labels_per_class", "5", "--batch_size", "50", "--root_dir",
-                      str(root), "--verbose", "0"], timeout=900)
+                      str(root), "--verbose", "2"], timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Epoch 1: valid top1" in proc.stdout  # the console shows validation and test
     (exp,) = experiment_dirs(root)
     with open(os.path.join(exp, "report.json")) as f:
         report = json.load(f)
     assert 0 <= report["test"]["top1"] <= 100
     assert os.path.isdir(os.path.join(exp, "saved_model"))
+    # validation and test figures go to TensorBoard beside Keras' train run
+    for run in ("validation", "test"):
+        assert os.listdir(os.path.join(exp, "tensorboard", run)), run
