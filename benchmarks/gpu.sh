@@ -13,9 +13,9 @@
 # mixup} x {float32, mixed_bfloat16, mixed_bfloat16 + XLA, float32 + XLA},
 # and the original's float32 PreActResNet18 step on the same GPU when torch
 # is importable. Groups run one after the other in their own processes,
-# each with a time limit; one that fails is reported and the rest go on;
-# what no longer fits in the budget (GPU_BENCH_BUDGET_S, default 420 s) is
-# reported as skipped. Extra arguments go to benchmarks/gpu_bench.py
+# one configuration at a time, each with a time limit (--config_timeout,
+# 100 s); one that fails is reported and the rest go on; what no longer fits
+# in the budget (GPU_BENCH_BUDGET_S, default 420 s) is reported as skipped. Extra arguments go to benchmarks/gpu_bench.py
 # (e.g. --steps 20 --budget 300 --archs preactresnet18).
 set -u
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -9,11 +9,12 @@ output folder.
 
 Each group of configurations (one arch, precision and XLA setting) runs in
 its own worker process (`python -m patchup_tf.benchmark --_worker`, or the
-original's `benchmarks/torch_original/worker.py`), one group at a time, with
-a time limit; a group that fails or runs out of time marks its rows with the
-error and the next group starts. The groups run in priority order and the
-ones that no longer fit in the budget (`--budget`, default 420 s) are
-reported as skipped, so the whole run ends in time. Timing: after a warm-up
+original's `benchmarks/torch_original/worker.py`), one group at a time, and
+within it one configuration at a time, each with a time limit
+(`--config_timeout`): a configuration that fails or runs out of time gets an
+error row, its worker is replaced and the next one starts. The groups run in
+priority order and what no longer fits in the budget (`--budget`, default
+420 s) is reported as skipped, so the whole run ends in time. Timing: after a warm-up
 (trace, compile and `--warmup` steps, not timed), `--windows` windows of
 `--steps` steps each, each window ended by a host sync; the median window.
 
@@ -59,14 +60,17 @@ def load_benchmark_module():
 
 
 def plan(archs, torch_ok, methods=METHODS, impls=("tf", "torch")):
-    """The groups in priority order: `(impl, arch, precision, xla, methods)`."""
+    """The groups in priority order: `(impl, arch, precision, xla, methods)`.
+
+    Per arch: float32, mixed_bfloat16, (the original, PreActResNet18 only),
+    mixed_bfloat16 + XLA; then float32 + XLA for every arch.
+    """
     groups = []
     for arch in archs:
         groups.append(("tf", arch, "float32", False, methods))
         groups.append(("tf", arch, "mixed_bfloat16", False, methods))
         if torch_ok and arch == "preactresnet18":
             groups.append(("torch", arch, "float32", False, methods))
-    for arch in archs:
         groups.append(("tf", arch, "mixed_bfloat16", True, methods))
     for arch in archs:
         groups.append(("tf", arch, "float32", True, methods))
@@ -94,8 +98,14 @@ def package_version(name):
         return None
 
 
-def run_group(bench, group, *, args, deadline, torch_python, log):
-    """Runs one group in a worker; returns its rows (errors included)."""
+def run_group(bench, group, *, args, end, torch_python, log):
+    """Runs one group's configs one at a time in a worker; returns their rows.
+
+    Each config gets at most `--config_timeout` seconds (and never past
+    `end`) to build, warm up and run its windows; one that fails or runs out
+    of time gets an error row, the worker is replaced and the group goes on.
+    Configs that no longer fit (less than `--min_config_s` left) are skipped.
+    """
     impl, arch, precision, xla, methods = group
     configs = [bench.make_config(arch, m, precision, xla, impl=bench.IMPL if impl == "tf"
                                  else bench.TORCH_IMPL, batchnorm="fused" if impl == "tf" else None)
@@ -111,52 +121,66 @@ def run_group(bench, group, *, args, deadline, torch_python, log):
         command = bench.tf_worker_command()
     env = {"TF_FORCE_GPU_ALLOW_GROWTH": "true", "TF_CPP_MIN_LOG_LEVEL": "2"}
     label = f"{impl} {arch} {precision} xla={'on' if xla else 'off'}"
-    start = time.monotonic()
-    log(f"[group] {label}: {len(configs)} configs, {deadline - start:.0f} s left for it")
-
-    def left():
-        return max(1.0, deadline - time.monotonic())
-
-    rows = {}
+    job = {"configs": configs, "batch_size": args.batch_size, "warmup": args.warmup,
+           "timer": "function", "lazy": True}
+    log(f"[group] {label}: {len(configs)} configs, {end - time.monotonic():.0f} s of budget left")
+    rows, worker = [], None
     try:
-        worker = bench.Worker(command, {"configs": configs, "batch_size": args.batch_size,
-                                        "warmup": args.warmup, "timer": "function"},
-                              env=env, name=label, log=log)
-    except OSError as e:
-        return [{**c, "error": f"cannot start: {e}"} for c in configs]
-    try:
-        ready = worker.ready(left())
-        ok = []
-        for i, (c, status) in enumerate(zip(configs, ready["ready"])):
-            if status.get("ok"):
-                ok.append(i)
-                log(f"    {c['method']}: ready (build {status.get('build_s')} s, "
-                    f"warm-up {status.get('warmup_s')} s)")
-            else:
-                rows[i] = {**c, "error": status.get("error")}
-                log(f"    {c['method']}: FAILED {status.get('error')}")
-        answers = {i: [] for i in ok}
-        for _ in range(args.windows):
-            for i in ok:
-                answers[i].append(worker.window(i, args.steps, left()))
-        final = worker.finish(left())
-        for i in ok:
-            row = final["results"][i]
-            rates = [a["img_per_s"] for a in answers[i]]
-            row.update({"img_per_s": statistics.median(rates), "img_per_s_windows": rates,
-                        "step_ms": 1000.0 * args.batch_size / statistics.median(rates)})
-            rows[i] = row
-            log(f"    {configs[i]['method']}: {row['img_per_s']:.0f} img/s")
-    except (bench.WorkerError, OSError, ValueError, KeyError) as e:
-        worker.kill()
-        log(f"    group failed: {e}")
         for i, c in enumerate(configs):
-            rows.setdefault(i, {**c, "error": str(e)[:400]})
+            if end - time.monotonic() < args.min_config_s:
+                rows.append({**c, "skipped": "time budget"})
+                log(f"    {c['method']}: skipped (time budget)")
+                continue
+            try:
+                if worker is None:  # its start (imports, device set-up) has its own limit
+                    up = time.monotonic()
+                    worker = bench.Worker(command, job, env=env, name=label, log=log)
+                    info = worker.ready(max(1.0, min(args.start_timeout,
+                                                     end - time.monotonic()))).get("info", {})
+                    log(f"    worker up in {time.monotonic() - up:.1f} s: {info}")
+            except (bench.WorkerError, OSError, ValueError, KeyError) as e:
+                log(f"    worker failed to start: {e}")
+                rows += [{**other, "error": f"worker failed to start: {str(e)[:300]}"}
+                         for other in configs[i:]]
+                if worker is not None:
+                    worker.kill()
+                worker = None
+                break
+            start = time.monotonic()
+            deadline = min(end, start + args.config_timeout)
+
+            def left():
+                return max(1.0, deadline - time.monotonic())
+
+            try:
+                status = worker.build(i, left())
+                if not status.get("ok"):
+                    rows.append({**c, "error": status.get("error")})
+                    log(f"    {c['method']}: FAILED {status.get('error')}")
+                    continue
+                rates = [worker.window(i, args.steps, left())["img_per_s"]
+                         for _ in range(args.windows)]
+                row = worker.result(i, left())
+                row.update({"img_per_s": statistics.median(rates), "img_per_s_windows": rates,
+                            "step_ms": 1000.0 * args.batch_size / statistics.median(rates),
+                            "config_s": round(time.monotonic() - start, 1)})
+                rows.append(row)
+                log(f"    {c['method']}: {row['img_per_s']:.0f} img/s (build {status['build_s']} s, "
+                    f"warm-up {status['warmup_s']} s, {row['config_s']} s in all)")
+            except (bench.WorkerError, OSError, ValueError, KeyError) as e:
+                rows.append({**c, "error": str(e)[:400]})
+                log(f"    {c['method']}: FAILED {e}")
+                if worker is not None:
+                    worker.kill()
+                worker = None  # a fresh one for the next config
     finally:
-        worker.kill()
-    for r in rows.values():
-        r["group_s"] = round(time.monotonic() - start, 1)
-    return [rows[i] for i in range(len(configs))]
+        if worker is not None:
+            try:
+                worker.finish(10)
+            except (bench.WorkerError, OSError, ValueError):
+                pass
+            worker.kill()
+    return rows
 
 
 def add_ratios(rows):
@@ -217,10 +241,13 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--budget", type=float, default=float(os.environ.get("GPU_BENCH_BUDGET_S", 420)),
                    help="seconds for the whole run; groups that no longer fit are skipped")
-    p.add_argument("--group_timeout", type=float, default=150.0,
-                   help="seconds one group (worker process) may take at most")
-    p.add_argument("--min_group_s", type=float, default=40.0,
-                   help="a group starts only with at least this much budget left")
+    p.add_argument("--config_timeout", type=float, default=100.0,
+                   help="seconds one config may take at most (worker start, build, trace, "
+                        "XLA compile, warm-up, windows)")
+    p.add_argument("--start_timeout", type=float, default=90.0,
+                   help="seconds a worker process may take to start (imports, GPU set-up)")
+    p.add_argument("--min_config_s", type=float, default=25.0,
+                   help="a config starts only with at least this much budget left")
     p.add_argument("--impls", nargs="+", default=["tf", "torch"], choices=("tf", "torch"),
                    help="patchup_tf (tf) and/or the PyTorch original (torch)")
     p.add_argument("--torch_python", default=None)
@@ -248,18 +275,8 @@ def main(argv=None):
     log(f"machine: {machine}")
     rows = []
     for group in plan(args.archs, torch_ok, tuple(args.methods), tuple(args.impls)):
-        impl, arch, precision, xla, methods = group
-        now = time.monotonic()
-        if end - now < args.min_group_s:
-            for m in methods:
-                rows.append({**bench.make_config(arch, m, precision, xla,
-                                                 impl=bench.IMPL if impl == "tf" else bench.TORCH_IMPL),
-                             "skipped": "time budget"})
-            log(f"[skip] {impl} {arch} {precision} xla={xla}: {end - now:.0f} s left")
-            continue
-        deadline = min(end, now + args.group_timeout)
-        rows += run_group(bench, group, args=args, deadline=deadline,
-                          torch_python=args.torch_python, log=log)
+        rows += run_group(bench, group, args=args, end=end, torch_python=args.torch_python,
+                          log=log)
         partial = {"machine": machine, "settings": vars(args), "rows": add_ratios(list(rows)),
                    "wall_s": time.monotonic() - start}
         with open(os.path.join(args.out, "gpu_results.json"), "w") as f:

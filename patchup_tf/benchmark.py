@@ -380,6 +380,7 @@ class TrainBench:
         self.cpu_util = []
         self.cpu_step = []
         self.peak_rss = None
+        _tf_gpu_peak_mb()  # resets the GPU's peak: this config's own from here
         previous = keras.mixed_precision.global_policy().name
         keras.mixed_precision.set_global_policy(config["precision"])
         try:
@@ -556,33 +557,49 @@ def _send(stream, obj):
 
 
 def _serve(reader, writer):
-    """The TF worker's loop (`python -m patchup_tf.benchmark --_worker`)."""
+    """The TF worker's loop (`python -m patchup_tf.benchmark --_worker`).
+
+    With `"lazy": true` in the job nothing is built up front: the
+    coordinator sends `{"cmd": "build", "config": i}` (answered with that
+    config's status), times its windows, then `{"cmd": "result", "config":
+    i}` returns its row and frees it; so each config can have its own time
+    limit (`benchmarks/gpu_bench.py`).
+    """
     job = json.loads(reader.readline())
     set_threads(job.get("intra_threads"), job.get("inter_threads"))
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
     batch_size = job["batch_size"]
-    benches, ready = {}, []
-    for i, config in enumerate(job["configs"]):
-        config = as_config(config)
+    benches, ready, errors = {}, [], {}
+
+    def build(i):
         try:
-            bench = TrainBench(config, batch_size, job["warmup"], job.get("timer", "function"),
+            bench = TrainBench(as_config(job["configs"][i]), batch_size, job["warmup"],
+                               job.get("timer", "function"),
                                synthetic_images=job.get("synthetic_images", 10000))
             benches[i] = bench
-            ready.append({"ok": True, "build_s": round(bench.build_s, 2),
-                          "warmup_s": round(bench.warmup_s, 2)})
+            return {"ok": True, "build_s": round(bench.build_s, 2),
+                    "warmup_s": round(bench.warmup_s, 2)}
         except Exception as e:  # noqa: BLE001
-            ready.append({"ok": False, "error": _error_text(e)})
+            errors[i] = _error_text(e)
             gc.collect()
+            return {"ok": False, "error": errors[i]}
+
+    if not job.get("lazy"):
+        ready = [build(i) for i in range(len(job["configs"]))]
     _send(writer, {"ready": ready, "info": {"tensorflow": tf.__version__,
+                                            "gpus": [d.name for d in
+                                                     tf.config.list_physical_devices("GPU")],
                                             "intra_op_threads": job.get("intra_threads"),
                                             "inter_op_threads": job.get("inter_threads"),
                                             "env": {k: os.environ[k] for k in ENV_KEYS
                                                     if k in os.environ}}})
     for line in reader:
         cmd = json.loads(line)
-        if cmd["cmd"] == "window":
+        if cmd["cmd"] == "build":
+            _send(writer, build(cmd["config"]))
+        elif cmd["cmd"] == "window":
             bench = benches[cmd["config"]]
             reset_peak_rss()
             wall, cpu = time.perf_counter(), time.process_time()
@@ -592,13 +609,20 @@ def _serve(reader, writer):
             bench.peak_rss = peak if bench.peak_rss is None else max(bench.peak_rss, peak)
             _send(writer, {"img_per_s": throughput, "wall_s": wall, "cpu_s": cpu,
                            "peak_rss_mb": peak})
+        elif cmd["cmd"] == "result":
+            bench = benches.pop(cmd["config"])
+            row = bench.result()
+            bench.close()
+            gc.collect()
+            _send(writer, {"result": row})
         elif cmd["cmd"] == "finish":
             results = []
             for i, config in enumerate(job["configs"]):
                 if i in benches:
                     results.append(benches[i].result())
                 else:
-                    results.append(_error_row(as_config(config), ready[i]["error"], batch_size))
+                    results.append(_error_row(as_config(config), errors.get(i, "not built"),
+                                              batch_size))
             _send(writer, {"results": results, "process_peak_rss_mb": peak_rss_mb()})
             return
 
@@ -648,6 +672,16 @@ class Worker:
     def window(self, index, steps, timeout):
         _send(self.proc.stdin, {"cmd": "window", "config": index, "steps": steps})
         return self._read(timeout)
+
+    def build(self, index, timeout):
+        """(lazy workers) Builds and warms config `index`; its status."""
+        _send(self.proc.stdin, {"cmd": "build", "config": index})
+        return self._read(timeout)
+
+    def result(self, index, timeout):
+        """(lazy workers) Config `index`'s row; the worker frees it."""
+        _send(self.proc.stdin, {"cmd": "result", "config": index})
+        return self._read(timeout)["result"]
 
     def finish(self, timeout):
         _send(self.proc.stdin, {"cmd": "finish"})

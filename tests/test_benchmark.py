@@ -330,3 +330,88 @@ def test_peak_rss_helpers():
     assert benchmark.peak_rss_mb() > 0
     benchmark.reset_peak_rss()  # best effort; must not raise
     assert benchmark.peak_rss_mb() > 0
+
+
+# ------------------------------------------------------- the GPU script, faked
+FAKE_LAZY_WORKER = textwrap.dedent('''
+    import json, os, sys, time
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    job = json.loads(sys.stdin.readline())
+    assert job["lazy"]
+    out.write(json.dumps({"ready": [], "info": {"fake": True}}) + "\\n")
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        config = job["configs"][cmd.get("config", 0)]
+        if cmd["cmd"] == "build":
+            if config["method"] == "cutout":  # stands for a config that hangs
+                time.sleep(60)
+            ok = config["method"] != "dropblock"
+            out.write(json.dumps({"ok": ok, "build_s": 0.1, "warmup_s": 0.1,
+                                  "error": "ValueError: no such kernel"}) + "\\n")
+        elif cmd["cmd"] == "window":
+            out.write(json.dumps({"img_per_s": 100.0 if config["method"] == "vanilla" else 90.0,
+                                  "wall_s": 1.0, "cpu_s": 1.0, "peak_rss_mb": 1}) + "\\n")
+        elif cmd["cmd"] == "result":
+            out.write(json.dumps({"result": {**config, "gpu_peak_mb": 5.0}}) + "\\n")
+        else:
+            out.write(json.dumps({"results": [], "process_peak_rss_mb": 1}) + "\\n")
+            break
+''')
+
+
+def _gpu_bench_module(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "gpu_bench_under_test", os.path.join(ROOT, "benchmarks", "gpu_bench.py"))
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    bench = gpu.load_benchmark_module()
+    script = tmp_path / "fake_lazy_worker.py"
+    script.write_text(FAKE_LAZY_WORKER)
+    monkeypatch.setattr(bench, "tf_worker_command", lambda python=None: [sys.executable, str(script)])
+    monkeypatch.setattr(bench, "torch_status", lambda python=None: (False, "not in this test"))
+    monkeypatch.setattr(gpu, "load_benchmark_module", lambda: bench)
+    return gpu, bench
+
+
+def test_gpu_script_times_out_one_config_and_goes_on(tmp_path, monkeypatch):
+    import argparse
+    import time
+
+    gpu, bench = _gpu_bench_module(tmp_path, monkeypatch)
+    args = argparse.Namespace(batch_size=4, warmup=1, steps=1, windows=2, config_timeout=4,
+                              min_config_s=0.5, start_timeout=30)
+    group = ("tf", "preactresnet18", "float32", False,
+             ("vanilla", "cutout", "dropblock", "soft_patchup"))
+    rows = gpu.run_group(bench, group, args=args, end=time.monotonic() + 120, torch_python=None,
+                         log=lambda m: None)
+    assert [r["method"] for r in rows] == ["vanilla", "cutout", "dropblock", "soft_patchup"]
+    assert rows[0]["img_per_s"] == 100.0 and rows[0]["gpu_peak_mb"] == 5.0
+    assert "no answer within" in rows[1]["error"]  # timed out; its worker was replaced
+    assert "no such kernel" in rows[2]["error"]
+    assert rows[3]["img_per_s"] == 90.0 and "error" not in rows[3]
+    # Out of budget: skipped, not started.
+    rows = gpu.run_group(bench, group, args=args, end=time.monotonic() + 0.2, torch_python=None,
+                         log=lambda m: None)
+    assert [r.get("skipped") for r in rows] == ["time budget"] * 4
+
+
+def test_gpu_script_writes_its_table(tmp_path, monkeypatch):
+    gpu, _ = _gpu_bench_module(tmp_path, monkeypatch)
+    out = tmp_path / "out"
+    assert gpu.main(["--out", str(out), "--archs", "preactresnet18", "--methods", "vanilla",
+                     "soft_patchup", "--steps", "1", "--windows", "1", "--budget", "100"]) == 0
+    with open(out / "gpu_results.json") as f:
+        results = json.load(f)
+    rows = results["rows"]
+    # float32, bf16, bf16 + XLA, float32 + XLA; no torch here
+    assert {(r["precision"], r["xla"]) for r in rows} == {
+        ("float32", False), ("mixed_bfloat16", False), ("mixed_bfloat16", True),
+        ("float32", True)}
+    soft = [r for r in rows if r["method"] == "soft_patchup"]
+    assert all(r["x_vanilla"] == pytest.approx(0.9) for r in soft)
+    table = (out / "gpu_results.md").read_text()
+    assert "| preactresnet18 | patchup_tf | soft_patchup | mixed_bfloat16 | on | 90 |" in table
+    assert (out / "gpu_log.txt").exists()

@@ -5,7 +5,9 @@ it speaks the benchmark's worker protocol (one JSON object per line): reads
 the job on stdin, builds and warms one `preactresnet18` per config (the
 vendored original, `patchup_original.py`), answers `{"ready": [...]}`, then
 times `{"cmd": "window", "config": i, "steps": n}` requests and answers
-`{"cmd": "finish"}` with the results. It imports neither TensorFlow nor
+`{"cmd": "finish"}` with the results. With `"lazy": true` it builds a
+config only when asked (`{"cmd": "build", "config": i}`) and frees it after
+`{"cmd": "result", "config": i}`. It imports neither TensorFlow nor
 patchup_tf, so its CPU time and memory are the original's alone.
 
 The step is `patchup_original.train_step`: main.py's loop body for one batch
@@ -84,6 +86,8 @@ class TorchBench:
         }
         if self.train == "patchup":
             self.kwargs["alpha"] = None  # PatchUp draws its own lam ~ Beta(2, 2)
+        if po.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         torch.manual_seed(seed)
         np.random.seed(seed)
         random.seed(seed)
@@ -165,14 +169,19 @@ def main():
 
     if job.get("intra_threads"):
         torch.set_num_threads(int(job["intra_threads"]))
-    benches, ready = {}, []
-    for i, config in enumerate(job["configs"]):
+    benches, ready, errors = {}, [], {}
+
+    def build(i):
         try:
-            benches[i] = TorchBench(config, job["batch_size"], job["warmup"])
-            ready.append({"ok": True, "build_s": round(benches[i].build_s, 2),
-                          "warmup_s": round(benches[i].warmup_s, 2)})
+            benches[i] = TorchBench(job["configs"][i], job["batch_size"], job["warmup"])
+            return {"ok": True, "build_s": round(benches[i].build_s, 2),
+                    "warmup_s": round(benches[i].warmup_s, 2)}
         except Exception as e:  # noqa: BLE001 - reported, the others go on
-            ready.append({"ok": False, "error": _error_text(e)})
+            errors[i] = _error_text(e)
+            return {"ok": False, "error": errors[i]}
+
+    if not job.get("lazy"):
+        ready = [build(i) for i in range(len(job["configs"]))]
     _send(writer, {"ready": ready, "info": {
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "mkldnn": bool(torch.backends.mkldnn.is_available()),
@@ -188,6 +197,15 @@ def main():
                 bench.peak_rss = peak if bench.peak_rss is None else max(bench.peak_rss, peak)
             _send(writer, {"img_per_s": throughput, "wall_s": wall, "cpu_s": cpu,
                            "peak_rss_mb": peak})
+        elif cmd["cmd"] == "build":
+            _send(writer, build(cmd["config"]))
+        elif cmd["cmd"] == "result":
+            bench = benches.pop(cmd["config"])
+            row = bench.result()
+            del bench
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            _send(writer, {"result": row})
         elif cmd["cmd"] == "finish":
             results = []
             for i, config in enumerate(job["configs"]):
@@ -195,7 +213,7 @@ def main():
                     results.append(benches[i].result())
                 else:
                     results.append({**config, "batch_size": job["batch_size"],
-                                    "error": ready[i]["error"]})
+                                    "error": errors.get(i, "not built")})
             _send(writer, {"results": results, "process_peak_rss_mb": _status_mb("VmHWM")})
             return 0
     return 0

@@ -1,4 +1,4 @@
-"""The four architectures against the PyTorch reference's.
+"""The four architectures against the PyTorch reference.
 
 Parameter counts are those of the PyTorch reference; the structure checks
 walk the functional graph; two blocks are recomputed with plain `tf.nn` ops
