@@ -53,6 +53,8 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from patchup_tf.files import fsync
+
 __all__ = [
     "CHECKPOINT_DIR", "INDEX_FILE", "LEGACY_STATE", "RunCheckpoint", "committed_epoch",
     "has_checkpoint", "read_checkpoint",
@@ -228,18 +230,8 @@ class RunCheckpoint:
 
 def _fsync(path, directory=False):
     """Flushes `path` (and, with `directory`, its folder's entries) to disk."""
-    paths = [path] + ([os.path.dirname(path)] if directory else [])
-    for p in paths:
-        try:
-            fd = os.open(p, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+    for p in [path] + ([os.path.dirname(path)] if directory else []):
+        fsync(p)
 
 
 def _fsync_checkpoint(prefix):

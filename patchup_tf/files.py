@@ -45,13 +45,14 @@ def atomic_write(path, write_fn, suffix=""):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    _fsync_directory(directory)
+    fsync(directory)
 
 
-def _fsync_directory(directory):
-    """Makes a rename in `directory` durable (where the OS allows it)."""
+def fsync(path):
+    """Flushes a file, or a folder's entries (a rename in it), to disk where
+    the OS allows it."""
     try:
-        fd = os.open(directory, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
