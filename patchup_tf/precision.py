@@ -225,7 +225,26 @@ def measure_steps(benches, steps):
 
 
 def _probe_spec(spec):
-    """Runs in the probe's process: times `spec["arch"]` in both precisions."""
+    """Runs in the probe's process: times `spec["arch"]` in both precisions.
+
+    `arch` is one of `patchup_tf.models.ARCHS`, or `"keras:<Name>"` for a
+    `keras.applications` network with the method attached (as the trainer
+    builds it).
+    """
+    if spec["arch"].startswith("keras:"):
+        from patchup_tf.attach import attach
+        from patchup_tf.models.applications import keras_application
+
+        name = spec["arch"][len("keras:"):]
+        shape = tuple(spec.get("input_shape", (32, 32, 3)))
+
+        def builder():
+            network = keras_application(name, shape, spec.get("num_classes", 10))
+            return attach(network, spec.get("method", "vanilla"), seed=0)
+
+        return probe_builder(builder, batch_size=spec["batch_size"], input_shape=shape,
+                             num_classes=spec.get("num_classes", 10), steps=spec.get("steps", 3),
+                             warmup=spec.get("warmup", 1))
     from patchup_tf.benchmark import TrainBench, make_config
 
     benches = {}
@@ -241,12 +260,14 @@ def probe_subprocess(*, arch, batch_size, input_shape=(32, 32, 3), num_classes=1
     """Times one train step of `arch` in float32 and mixed_bfloat16 in a fresh process.
 
     A fresh process keeps the probe's models, traces and memory out of the
-    caller's. It feeds `(32, 32, 3)` images (the architectures' size; the
-    input channels barely change a step's cost). Returns the figures (see
-    `decide`); raises RuntimeError.
+    caller's. `arch` is one of `patchup_tf.models.ARCHS` (fed `(32, 32, 3)`
+    images, their size) or `"keras:<Name>"` (a `keras.applications` network
+    at `input_shape`, the method attached as the trainer does). Returns the
+    figures (see `decide`); raises RuntimeError.
     """
     spec = {"arch": arch, "batch_size": int(batch_size), "num_classes": int(num_classes),
-            "steps": int(steps), "warmup": int(warmup)}
+            "input_shape": [int(d) for d in input_shape], "steps": int(steps),
+            "warmup": int(warmup)}
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "probe.json")
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
@@ -332,7 +353,8 @@ def resolve_precision(requested="auto", *, arch="preactresnet18", batch_size=100
     Args:
         requested: `"auto"` or one of `PRECISIONS` (returned as is).
         arch, batch_size, input_shape, num_classes: what the CPU probe times
-            (an arch of `patchup_tf.models.ARCHS`, in a fresh process).
+            (an arch of `patchup_tf.models.ARCHS` or `"keras:<Name>"`, in a
+            fresh process).
         model_builder: instead of `arch`, a callable returning the model to
             time (in this process, see `probe_builder`); name it with
             `model_name` for the cache key.
