@@ -161,7 +161,7 @@ DATA_CASES = {
         ["--batch_size", "1000"], ["1000", "labels_per_class"], True),
     "affine_sets_missing": (
         "cifar100", None, ["--affine_test", "--affine_path", "{tmp}/no_affine"],
-        ["--affine_path", "make_affine_sets.py"], True),
+        ["--affine_path", "patchup-make-affine-sets"], True),
 }
 
 

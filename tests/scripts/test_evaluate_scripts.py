@@ -277,7 +277,7 @@ def test_evaluate_negative_eps(env):
 
 
 def test_evaluate_missing_affine_set(env):
-    line = _bad(env["runs"]["missing_set"], "zoom_1.4.npz", "make_affine_sets.py")
+    line = _bad(env["runs"]["missing_set"], "zoom_1.4.npz", "patchup-make-affine-sets")
     assert "rotation_20" not in line
 
 
