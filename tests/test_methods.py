@@ -1,4 +1,4 @@
-"""`Method`: option validation, the per-batch plan, mixing at a position, SPEC's loss."""
+"""`Method`: option validation, the per-batch plan, mixing at a position, the documented loss."""
 
 import numpy as np
 import pytest

@@ -1,6 +1,6 @@
-"""Exact algebra of the pure mixing ops (`patchup_tf.mixing`) against SPEC.md.
+"""Exact algebra of the pure mixing ops (`patchup_tf.mixing`) against docs/methods.md.
 
-Every expected value is recomputed here in NumPy/SciPy from SPEC's formulas;
+Every expected value is recomputed here in NumPy/SciPy from the documented formulas;
 random masks are recomputed from the same seed (the op's uint32 Philox bits,
 their top 24 bits as a float in [0, 1), compared with the adjusted rate).
 """
@@ -99,7 +99,7 @@ def np_softmax_ce(logits, targets):
 
 
 def np_cutmix_box(h, w, lam, cy, cx):
-    """SPEC's box: cut = floor(side sqrt(1-lam)), [c - cut//2, c + cut//2) clipped."""
+    """the documented box: cut = floor(side sqrt(1-lam)), [c - cut//2, c + cut//2) clipped."""
     ratio = np.sqrt(1.0 - np.float64(np.float32(lam)))
     cut_h, cut_w = int(np.floor(h * ratio)), int(np.floor(w * ratio))
     return (
@@ -301,7 +301,7 @@ def test_dropblock_keep_prob_one_is_identity():
 
 
 def test_dropblock_gamma_uses_this_map():
-    # SPEC: gamma from each map, not cached: two widths give their own rates
+    # docs/methods.md: gamma from each map, not cached: two widths give their own rates
     for w, b in [(32, 7), (8, 3)]:
         x = np.ones((4, w, w, 2), np.float32)
         out = mixing.dropblock(x, keep_prob=0.9, block_size=b, seed=seed_t(5, 5)).numpy()
@@ -348,7 +348,7 @@ def consistent_centres(h, w, lam, box):
 
 
 @pytest.mark.parametrize("h,w", [(10, 10), (12, 20), (9, 7), (32, 32), (1, 5)])
-def test_cutmix_box_matches_spec(h, w):
+def test_cutmix_box_matches_the_documented_box(h, w):
     rng = np.random.RandomState(h * 100 + w)
     lams = list(rng.uniform(0, 1, 12)) + [0.0, 1.0, 0.75, 0.5]
     # lams on the boundaries floor(side sqrt(1-lam)) = k, and one float32 ulp off
@@ -359,7 +359,7 @@ def test_cutmix_box_matches_spec(h, w):
         lam = np.float32(lam)
         box = tuple(int(v) for v in mixing.cutmix_box(h, w, tf.constant(lam), seed_t(i, h)))
         centres = consistent_centres(h, w, lam, box)
-        assert centres, f"box {box} is not SPEC's box for any centre (lam={lam!r})"
+        assert centres, f"box {box} is not the documented box for any centre (lam={lam!r})"
 
 
 def test_cutmix_box_odd_cut_loses_one_pixel():

@@ -1,4 +1,4 @@
-"""Deformed-image test sets (SPEC "Evaluation suites", deformed images).
+"""Deformed-image test sets (`docs/methods.md`, "Evaluation suites").
 
 Eight sets, each made from the CIFAR-100 test images by one random affine
 draw per image, reproducing the reference's torchvision 0.4.2

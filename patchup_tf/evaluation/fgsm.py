@@ -1,4 +1,4 @@
-"""FGSM robustness evaluation (SPEC "Evaluation suites", FGSM).
+"""FGSM robustness evaluation (`docs/methods.md`, "Evaluation suites").
 
 For a batch `x` with labels `y`, with the model in inference mode:
 `g = grad_x mean CE(model(x), y)`, `x_adv = x + eps * sign(g)`, clipped to

@@ -1,7 +1,7 @@
 """Classification metrics over a whole dataset: top-1, top-5, error and loss.
 
 The loss is the mean softmax cross-entropy of the logits with the hard
-labels (SPEC "Loss": evaluation uses softmax cross-entropy, not the
+labels (`docs/methods.md`, "The loss": evaluation uses softmax cross-entropy, not the
 training BCE). Every quantity is summed over all samples and divided by the
 sample count once, so a short last batch weighs exactly its size.
 """

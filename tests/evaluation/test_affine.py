@@ -75,7 +75,7 @@ def test_shear_shifts_rows_and_squashes_vertically(shear):
         out = apply_affine(img, "shear", [shear])[0]
         xs, ys = _lit(out)
         assert xs.size > 0
-        # SPEC: x' = x - sin(s) y, y' = cos(s) y about the centre
+        # docs/methods.md: x' = x - sin(s) y, y' = cos(s) y about the centre
         assert xs.mean() == pytest.approx(C - math.sin(s) * dy, abs=0.75)
         assert ys.mean() == pytest.approx(C + math.cos(s) * dy, abs=0.75)
 

@@ -1,7 +1,7 @@
 """Tiny functional `MixingModel`s with mixing points at positions 1..4.
 
 The feature maps at the mixing points are 32, 32, 16 and 8 pixels wide, as in
-the paper's architectures, so every method (and SPEC's per-size PatchUp
+the paper's architectures, so every method (and the documented per-size PatchUp
 block) runs at every position; the channels are few, so a step takes
 milliseconds on a CPU.
 """

@@ -1,4 +1,4 @@
-"""The DropBlock Keras layer: identity at inference, SPEC's DropBlock in training."""
+"""The DropBlock Keras layer: identity at inference, the documented DropBlock in training."""
 
 import keras
 import numpy as np
