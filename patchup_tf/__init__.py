@@ -16,6 +16,7 @@ import_tensorflow()  # honours TF_CPP_MIN_LOG_LEVEL for TensorFlow's start-up li
 
 from patchup_tf.layers import DropBlock, MixingPoint, PatchUp  # noqa: E402
 from patchup_tf.methods import METHODS, Method  # noqa: E402
+from patchup_tf.models.batchnorm import FusedBatchNorm  # noqa: E402,F401  (registered)
 from patchup_tf.optimizer import TorchSGD  # noqa: E402
 from patchup_tf.training import MixingModel  # noqa: E402
 from patchup_tf.attach import attach, cut_points  # noqa: E402

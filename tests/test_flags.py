@@ -291,10 +291,10 @@ def test_same_run_same_name_other_settings_other_name():
 def test_import_patchup_tf_registers_what_load_model_needs(tmp_path):
     """A `.keras` file of a MixingModel loads in a fresh process after a bare
     `import patchup_tf` (no submodule imported by hand)."""
-    from tests.helpers.tiny import make
+    from patchup_tf.models import build
 
     path = str(tmp_path / "m.keras")
-    make("soft_patchup").save(path)
+    build("wrn28_2", 10, "soft_patchup", seed=0).save(path)  # fused BatchNorm layers too
     code = (
         "import keras, patchup_tf\n"
         f"m = keras.models.load_model({path!r})\n"

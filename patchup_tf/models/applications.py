@@ -169,7 +169,7 @@ def keras_application(name, input_shape, num_classes, weights=None, bn_momentum=
     inputs = keras.Input(shape, name="images")
     x = backbone(inputs)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    logits = keras.layers.Dense(num_classes, name="logits")(x)
+    logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)  # float32 logits
     return keras.Model(inputs, logits, name=f"{name.lower()}_classifier")
 
 
