@@ -1375,12 +1375,21 @@ def run_benchmark(archs=("preactresnet18",), methods=DEFAULT_METHODS,
     return add_ratios(results)
 
 
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: ...)" only where the help does not state the default."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
 def build_parser():
     p = argparse.ArgumentParser(
         prog="patchup-benchmark",
         description="Train-step and input-pipeline throughput of patchup_tf, optionally "
                     "against the PyTorch original.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--archs", nargs="+", default=["preactresnet18"])
     p.add_argument("--methods", nargs="+", default=None,
