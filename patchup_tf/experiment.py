@@ -351,8 +351,10 @@ class EpochLogger(keras.callbacks.Callback):
         """Validation and test figures on the console and in TensorBoard
         (`tensorboard/validation`, `tensorboard/test`, beside Keras' `train`;
         their `epoch_loss` is the cross-entropy on the clean labels)."""
-        if self.config["flags"].get("verbose", 1):
-            print(f"Epoch {epoch + 1}: valid top1 {row['valid_top1']:.2f} CE "
+        verbose = self.config["flags"].get("verbose", 1)
+        if verbose:
+            # After verbose 1's progress bar, which ends without a newline.
+            print(f"{chr(10) if verbose == 1 else ''}Epoch {epoch + 1}: valid top1 {row['valid_top1']:.2f} CE "
                   f"{row['valid_loss']:.4f} | test top1 {row['test_top1']:.2f} CE "
                   f"{row['test_loss']:.4f}", flush=True)
         for split in ("valid", "test"):
