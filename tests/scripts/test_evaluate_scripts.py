@@ -344,22 +344,3 @@ def test_visualize_curves_in_process(env, tmp_path, capsys):
         script.main(["curves", str(tmp_path)])  # no log.json there
     assert info.value.code == 2
     assert "no log.json" in capsys.readouterr().err
-
-
-def test_script_constants_match_the_library():
-    """evaluate.py checks its input before importing TensorFlow, with copies
-    of the library's constants; they must not drift."""
-    from patchup_tf.data import DATASETS
-    from patchup_tf.models import ARCHS
-
-    scripts = {}
-    for name in ("evaluate", "visualize"):
-        spec = importlib.util.spec_from_file_location(
-            f"{name}_script", os.path.join(SCRIPTS, f"{name}.py"))
-        scripts[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(scripts[name])
-    assert tuple(scripts["evaluate"].DATASETS) == tuple(DATASETS)
-    assert tuple(scripts["evaluate"].DEFAULT_EPS) == tuple(DEFAULT_EPS)
-    assert tuple(scripts["evaluate"].AFFINE_NAMES) == tuple(AFFINE_SETS)
-    assert tuple(scripts["visualize"].DATASETS) == tuple(DATASETS)
-    assert tuple(scripts["visualize"].ARCHS) == tuple(ARCHS)
