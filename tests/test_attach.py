@@ -22,6 +22,8 @@ from patchup_tf.models.applications import (
 )
 from patchup_tf.optimizer import TorchSGD
 from patchup_tf.training import MixingModel
+from tests.test_export import forbidden as random_ops
+from tests.test_export import op_types
 
 NUM_CLASSES = 4
 APPS = {
@@ -32,19 +34,6 @@ APPS = {
     "DenseNet121": 32,
 }
 SMALL = "MobileNetV3Small"  # no dropout: training forwards are deterministic
-
-
-def op_types(concrete_function):
-    """Every op type in a concrete function's graph, its function library included."""
-    graph_def = concrete_function.graph.as_graph_def()
-    ops = {node.op for node in graph_def.node}
-    for function in graph_def.library.function:
-        ops |= {node.op for node in function.node_def}
-    return ops
-
-
-def random_ops(ops):
-    return sorted(op for op in ops if any(w in op for w in ("Random", "Stateless", "Multinomial")))
 
 
 def images(size, n=4, seed=0):
