@@ -1,4 +1,4 @@
-"""Shared test set-up: quiet TF logs, CPU only, a fresh Keras state per test."""
+"""Shared test set-up: quiet TF logs, CPU only, a fresh Keras and TF state per test."""
 
 import os
 
@@ -15,3 +15,16 @@ def _float32_policy():
     keras.mixed_precision.set_global_policy("float32")
     yield
     keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.fixture(autouse=True)
+def _op_determinism_as_found():
+    """`experiment.run` turns on TF's deterministic kernels (`--deterministic`
+    defaults to True) for the whole process; tests after it must not inherit
+    that (Keras, for one, then resolves `jit_compile="auto"` to False)."""
+    from tensorflow.python.framework import config as tf_config
+
+    before = tf_config.is_op_determinism_enabled()
+    yield
+    if tf_config.is_op_determinism_enabled() != before:
+        (tf_config.enable_op_determinism if before else tf_config.disable_op_determinism)()
