@@ -73,7 +73,8 @@ def has_checkpoint(exp_dir):
 
 
 def committed_epoch(exp_dir):
-    """The last completed epoch per `exp_dir`'s checkpoint index, or None.
+    """The number of epochs completed per `exp_dir`'s checkpoint index
+    (its `epoch-N` name), or None before the first commit.
 
     Reads the small index file only: cheap enough to poll.
     """
@@ -202,9 +203,10 @@ class RunCheckpoint:
 
     # --------------------------------------------------------------- save
     def save(self, meta, new_best):
-        """Commits the end of epoch `meta["epoch"]`: the model's current
-        weights, the optimizer, `meta` and, if `new_best`, the model's
-        weights as the best ones. Every worker calls it."""
+        """Commits the end of 0-based epoch `meta["epoch"]`: the model's
+        current weights, the optimizer, `meta` and, if `new_best`, the
+        model's weights as the best ones. Every worker calls it. The files
+        are named by epochs completed (`epoch-3` after the log's epoch 3)."""
         if new_best:
             for copy, weight in zip(self.best.weights, self.model.weights):
                 copy.assign(tf.convert_to_tensor(weight))
@@ -216,13 +218,13 @@ class RunCheckpoint:
         if self._manager is not None:
             # The files are made durable before the manager points its index at them.
             options = tf.train.CheckpointOptions(experimental_write_callbacks=[_fsync_checkpoint])
-            path = self._manager.save(checkpoint_number=meta["epoch"], options=options)
+            path = self._manager.save(checkpoint_number=meta["epoch"] + 1, options=options)
             _fsync(os.path.join(self.directory, "checkpoint"), directory=True)
             return path
         scratch = tempfile.mkdtemp(prefix="patchup-worker-checkpoint-")
         try:
             tf.train.CheckpointManager(self.checkpoint, scratch, max_to_keep=1,
-                                       checkpoint_name=NAME).save(checkpoint_number=meta["epoch"])
+                                       checkpoint_name=NAME).save(checkpoint_number=meta["epoch"] + 1)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return None

@@ -60,6 +60,9 @@ from patchup_tf.files import (
 )
 
 
+# Every log row and the report count epochs from 1, as Keras prints them
+# ("Epoch 3/5" is the row with "epoch": 3); the checkpoint's `meta` keeps
+# Keras' 0-based index of the last completed epoch (-1: none yet).
 LOG_FIELDS = (
     "epoch", "lr", "train_loss", "train_accuracy", "valid_loss", "valid_top1",
     "valid_top5", "valid_error", "test_loss", "test_top1", "test_top5", "test_error",
@@ -191,7 +194,7 @@ def run(argv=None):
             meta = state.restore()
         except (ValueError, OSError) as e:
             fail(f"cannot resume from {state.directory}: {e}")
-        print(f"resuming {exp_dir} after epoch {meta['epoch']}")
+        print(f"resuming {exp_dir} after epoch {meta['epoch'] + 1}")
     elif chief:
         write_json(os.path.join(exp_dir, "flags.json"), config)
         write_text(os.path.join(exp_dir, "log.txt"), json.dumps(config["flags"], sort_keys=True) + "\n")
@@ -233,9 +236,9 @@ def run(argv=None):
                  "an op of this run: run it with --deterministic False (the last completed "
                  "epoch's checkpoint is kept)")
         if logger.nan_at is not None:
-            done = logger.meta["epoch"]
+            done = logger.meta["epoch"] + 1  # epochs completed
             kept = (f"the last good checkpoint, {state.latest()} (after epoch {done}), is kept"
-                    if done >= 0 else "no epoch completed, so no checkpoint was written")
+                    if done > 0 else "no epoch completed, so no checkpoint was written")
             fail(f"the training loss became NaN at epoch {logger.nan_at[0]}, step "
                  f"{logger.nan_at[1]}; stopped; {kept}. Lower --learning_rate.", EXIT_NAN)
     report = _final_report(args, config, model, datasets, exp_dir, logger.meta,
@@ -309,14 +312,16 @@ class EpochLogger(keras.callbacks.Callback):
         self.nan_at = None
         self._writers = {}
         self._start = time.time()
+        self._epoch = meta["epoch"] + 1  # Keras' 0-based index of the running epoch
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.time()
+        self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            self.nan_at = (self.meta["epoch"] + 1, batch)
+            self.nan_at = (self._epoch + 1, batch)  # 1-based, as Keras prints it
             self._model_ref.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
@@ -326,7 +331,7 @@ class EpochLogger(keras.callbacks.Callback):
         valid = self.evaluate(model, self.datasets.valid)
         test = self.evaluate(model, self.datasets.test)
         row = {
-            "epoch": epoch, "lr": float(model.optimizer.learning_rate.numpy()),
+            "epoch": epoch + 1, "lr": float(model.optimizer.learning_rate.numpy()),
             "train_loss": float(logs.get("loss", float("nan"))),
             "train_accuracy": 100.0 * float(logs.get("accuracy", float("nan"))),
             **{f"valid_{k}": float(v) for k, v in valid.items()},
@@ -415,7 +420,8 @@ def _final_report(args, config, model, datasets, exp_dir, meta, evaluate, affine
     # The best weights of the chief's checkpoint (every worker reads the same).
     meta = state.restore_best(model) or meta
     report = {
-        "experiment_dir": exp_dir, "best_epoch": meta["best_epoch"],
+        "experiment_dir": exp_dir,
+        "best_epoch": None if meta["best_epoch"] is None else meta["best_epoch"] + 1,
         "epochs_completed": meta["epoch"] + 1,
         "valid": evaluate(model, datasets.valid), "test": evaluate(model, datasets.test),
     }

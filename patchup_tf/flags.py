@@ -111,7 +111,8 @@ def build_parser():
     a("--cutmix_alpha", type=float, default=None, help="mixup_cutmix: CutMix's Beta alpha (1.0)")
     a("--prob", type=float, default=None, help="mixup_cutmix: probability of a mixing step (1.0)")
     a("--mix_off_epoch", type=int, default=None,
-      help="0-based epoch from which training steps no longer mix (default: never)")
+      help="mix in the first E epochs only; epochs E+1.. train on clean targets "
+           "(default: never stop)")
     a("--batch_size", type=int, default=100)
     a("--learning_rate", type=float, default=0.1)
     a("--momentum", type=float, default=0.9)

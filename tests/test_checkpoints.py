@@ -47,9 +47,9 @@ def test_save_restore_round_trip_with_best_weights(tmp_path):
     last_weights = [np.array(w) for w in model.get_weights()]
     rows = rows + [{"epoch": 1, "valid_top1": 40.0, "seconds": 2.5}]
     state.save(_meta(1, rows, 0, 50.0), new_best=False)
-    assert committed_epoch(exp) == 1 and has_checkpoint(exp)
+    assert committed_epoch(exp) == 2 and has_checkpoint(exp)  # epochs completed
     assert sorted(os.listdir(os.path.join(exp, "checkpoints"))) == [
-        "checkpoint", "epoch-1.data-00000-of-00001", "epoch-1.index"]
+        "checkpoint", "epoch-2.data-00000-of-00001", "epoch-2.index"]
 
     other = _model(seed=2)  # another process: other initial weights
     meta = RunCheckpoint(other, exp).restore()

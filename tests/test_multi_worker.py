@@ -416,7 +416,7 @@ def test_multi_worker_run_killed_mid_epoch_resumes_exactly(tmp_path):
         procs.wait([second, reference])
         outputs = [procs.output(p) for p in second.procs]
     for out in outputs:  # every worker restored the chief's checkpoint
-        assert "after epoch 0" in out, out[-2000:]
+        assert "after epoch 1" in out, out[-2000:]
     resumed, meta = state_arrays(exp_dir)
     expected, expected_meta = state_arrays(experiment_dir(str(reference_root)))
     assert meta["epoch"] == expected_meta["epoch"] == 1
@@ -430,7 +430,7 @@ def test_multi_worker_run_killed_mid_epoch_resumes_exactly(tmp_path):
 
     assert without_time(meta["history"]) == without_time(expected_meta["history"])
     with open(os.path.join(exp_dir, "log.json")) as f:
-        assert [r["epoch"] for r in json.load(f)] == [0, 1]
+        assert [r["epoch"] for r in json.load(f)] == [1, 2]
     with open(os.path.join(exp_dir, "report.json")) as f:
         assert json.load(f)["epochs_completed"] == 2
     assert os.path.isdir(os.path.join(exp_dir, "saved_model"))

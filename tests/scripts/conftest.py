@@ -174,12 +174,12 @@ def read_state(exp_dir):
 
 
 def committed_epoch(exp_dir):
-    """The last completed epoch per the folder's checkpoint index; -1 before
-    the first. Reads one small file (replaced atomically): cheap to poll."""
+    """The epochs completed per the folder's checkpoint index; 0 before the
+    first. Reads one small file (replaced atomically): cheap to poll."""
     from patchup_tf.checkpoints import committed_epoch as read_index
 
     epoch = read_index(exp_dir)
-    return -1 if epoch is None else epoch
+    return 0 if epoch is None else epoch
 
 
 def keras_weights(path):

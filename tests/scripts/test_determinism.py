@@ -3,9 +3,9 @@
 Run A: digits, WRN-28-2, hard PatchUp, 2 epochs of 5 steps
 (`--labels_per_class 50`), uninterrupted. Run B: the same command in another
 --root_dir, in a separate process alongside A, SIGKILLed as soon as epoch
-0's checkpoint is committed (so during its epoch-end files or early in
-epoch 1), then started again: it restores the checkpoint and trains epoch 1.
-B's epoch 0 comes from another process than A's and its epoch 1 from a
+1's checkpoint is committed (so during its epoch-end files or early in
+epoch 2), then started again: it restores the checkpoint and trains epoch 2.
+B's epoch 1 comes from another process than A's and its epoch 2 from a
 resumed one, so `A == B` bit for bit (the log but for the wall-clock
 seconds, every checkpoint variable, `best.keras`, `report.json`) checks both
 that two runs of one command agree and that resuming adds no difference.
@@ -47,12 +47,12 @@ def _report(exp):
 
 
 def _kill_when_committed(proc, root, timeout=600):
-    """SIGKILLs `proc` once its epoch 0 is committed; False if it ended first."""
+    """SIGKILLs `proc` once its first epoch is committed; False if it ended first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             return False
-        if os.path.isdir(root) and any(committed_epoch(os.path.join(root, d)) >= 0
+        if os.path.isdir(root) and any(committed_epoch(os.path.join(root, d)) >= 1
                                        for d in os.listdir(root)):
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -60,7 +60,7 @@ def _kill_when_committed(proc, root, timeout=600):
         time.sleep(0.005)
     proc.kill()
     proc.wait()
-    raise AssertionError("run B neither committed epoch 0 nor ended")
+    raise AssertionError("run B neither committed epoch 1 nor ended")
 
 
 def test_same_command_same_bits_across_processes_and_a_kill(tmp_path):
@@ -70,10 +70,10 @@ def test_same_command_same_bits_across_processes_and_a_kill(tmp_path):
     try:
         assert _kill_when_committed(first, root_b), open(str(tmp_path / "b1.log")).read()[-3000:]
         exp_b = only_experiment(root_b)
-        assert committed_epoch(exp_b) == 0
+        assert committed_epoch(exp_b) == 1
         resumed = run_train([*FLAGS, "--root_dir", root_b])
         assert resumed.returncode == 0, describe(resumed)
-        assert "resuming" in resumed.stdout and "after epoch 0" in resumed.stdout, describe(resumed)
+        assert "resuming" in resumed.stdout and "after epoch 1" in resumed.stdout, describe(resumed)
         assert run_a.wait(timeout=600) == 0, open(str(tmp_path / "a.log")).read()[-5000:]
     finally:
         for proc in (run_a, first):
@@ -84,7 +84,7 @@ def test_same_command_same_bits_across_processes_and_a_kill(tmp_path):
 
     assert os.path.basename(exp_a) == os.path.basename(exp_b)
     rows_a, rows_b = _rows(exp_a), _rows(exp_b)
-    assert [r["epoch"] for r in rows_a] == [0, 1]
+    assert [r["epoch"] for r in rows_a] == [1, 2]
     # TensorFlow does not promise deterministic CPU kernels: bitwise in most
     # runs here, but one killed-and-resumed run in four differed by <= 3e-9
     # in two conv biases. Equal to 1e-6 (relative) then, not bit for bit.

@@ -35,9 +35,9 @@ EPOCHS = 3
 
 
 def _state_epoch(root):
-    """The last completed epoch of `root`'s experiment; -1 before the first."""
+    """The epochs completed by `root`'s experiment; 0 before the first."""
     dirs = [os.path.join(root, d) for d in os.listdir(root)] if os.path.isdir(root) else []
-    return max([committed_epoch(d) for d in dirs] or [-1])
+    return max([committed_epoch(d) for d in dirs] or [0])
 
 
 def _wait_and_kill(proc, ready, timeout=900, poll=0.005):
@@ -78,12 +78,12 @@ def test_killed_run_resumes_exactly(fabricated, tmp_path):
 
     # Kill 1: mid-epoch, just after the first epoch's checkpoint is committed.
     proc = start_train(argv(root_b), str(tmp_path / "b1.log"))
-    killed = _wait_and_kill(proc, lambda: _state_epoch(root_b) >= 0)
+    killed = _wait_and_kill(proc, lambda: _state_epoch(root_b) >= 1)
     assert killed, "run B ended before it could be killed"
     exp_b = only_experiment(root_b)
     check_files_load(exp_b)
     first_kill_epoch = _state_epoch(root_b)
-    assert 0 <= first_kill_epoch < EPOCHS - 1
+    assert 1 <= first_kill_epoch < EPOCHS
 
     # Kill 2 (best effort): while a checkpoint or log is being written.
     checkpoints = os.path.join(exp_b, "checkpoints")
@@ -110,7 +110,7 @@ def test_killed_run_resumes_exactly(fabricated, tmp_path):
     leftovers = [n for n in os.listdir(exp_b) if n.startswith(".tmp-")]
     assert not leftovers, leftovers
     assert sorted(os.listdir(checkpoints)) == [  # the last checkpoint and its index alone
-        "checkpoint", f"epoch-{EPOCHS - 1}.data-00000-of-00001", f"epoch-{EPOCHS - 1}.index"]
+        "checkpoint", f"epoch-{EPOCHS}.data-00000-of-00001", f"epoch-{EPOCHS}.index"]
 
     assert run_a.wait(timeout=900) == 0, open(str(tmp_path / "a.log")).read()[-5000:]
     exp_a = only_experiment(root_a)

@@ -255,7 +255,7 @@ def test_real_grid_killed_and_started_again(tmp_path):
     assert len(folders) == 4
     for d in folders:
         with open(root / d / "log.json") as f:
-            assert [row["epoch"] for row in json.load(f)] == [0]
+            assert [row["epoch"] for row in json.load(f)] == [1]
         assert os.path.exists(sweep.log_path(str(root), d))
 
     # The comparison of the real folders: two methods, two seeds each.

@@ -98,7 +98,7 @@ def test_original_command_runs_and_fills_the_experiment_folder(run_id, original_
         history = json.load(f)
     assert len(history) == 1 and set(LOG_FIELDS) <= set(history[0])
     row = history[0]
-    assert row["epoch"] == 0 and row["lr"] == pytest.approx(0.1)
+    assert row["epoch"] == 1 and row["lr"] == pytest.approx(0.1)
     for key in LOG_FIELDS:
         assert np.isfinite(row[key]), (key, row)
     assert float(rows[0]["test_top1"]) == pytest.approx(row["test_top1"])
@@ -109,7 +109,7 @@ def test_original_command_runs_and_fills_the_experiment_folder(run_id, original_
     assert set(columns) == set(LOG_FIELDS) and all(len(v) == 1 for v in columns.values())
     with open(os.path.join(exp, "log.txt")) as f:
         text = f.read()
-    assert json.loads(text.splitlines()[0])["job_id"] == "1" and "epoch    0" in text
+    assert json.loads(text.splitlines()[0])["job_id"] == "1" and "epoch    1" in text
 
     # TensorBoard events and the curves.
     assert _events_files(os.path.join(exp, "tensorboard")), os.listdir(exp)
@@ -120,7 +120,7 @@ def test_original_command_runs_and_fills_the_experiment_folder(run_id, original_
     # The report: the best (only) epoch's weights, so the log's numbers.
     with open(os.path.join(exp, "report.json")) as f:
         report = json.load(f)
-    assert report["best_epoch"] == 0 and report["epochs_completed"] == 1
+    assert report["best_epoch"] == 1 and report["epochs_completed"] == 1
     assert report["test"]["top1"] == pytest.approx(row["test_top1"], abs=1e-9)
     assert report["valid"]["top1"] == pytest.approx(row["valid_top1"], abs=1e-9)
     if "fgsm" in label:
