@@ -38,6 +38,7 @@ from patchup_tf import data as data_lib
 from patchup_tf import flags as flags_lib
 from patchup_tf.checkpoints import LEGACY_STATE, RunCheckpoint, has_checkpoint
 from patchup_tf import models
+from patchup_tf import precision as precision_lib
 from patchup_tf.attach import attach
 from patchup_tf.distributed import train_loop
 from patchup_tf.evaluation import evaluate_affine_sets, evaluate_classifier, fgsm_sweep
@@ -71,26 +72,32 @@ LOG_FIELDS = (
 
 
 # ---------------------------------------------------------------- helpers
-def choose_precision(requested, mixed_flag=False):
-    """`auto` -> mixed_bfloat16 on a GPU or a CPU with AMX bf16 tiles, else float32.
+def choose_precision(args, exp_dir, num_classes):
+    """The run's Keras dtype policy name.
 
-    AVX-512 BF16 alone is not enough: measured with `scripts/benchmark.py`
-    on such a CPU (no AMX), a bf16 PreActResNet18 step costs ~50% more CPU
-    than float32 (oneDNN's bf16 weight-gradient convolutions are slower).
+    `--mixed_precision True` is `mixed_bfloat16`; an explicit `--precision`
+    is kept; `auto` is `patchup_tf.precision.resolve_precision`'s evidence
+    (GPU capability, or a cached one-step probe of this arch at this batch
+    size on this CPU). A resumed `auto` run keeps the precision its
+    `flags.json` recorded, so one run never changes precision midway; a
+    multi-worker run never probes (every host must choose alike).
     """
-    if mixed_flag:
+    if args.mixed_precision:
         return "mixed_bfloat16"
-    if requested != "auto":
-        return requested
-
-    if tf.config.list_physical_devices("GPU"):
-        return "mixed_bfloat16"
+    if args.precision != "auto":
+        return args.precision
     try:
-        with open("/proc/cpuinfo") as f:
-            cpu_flags = f.read().split()
-    except OSError:
-        return "float32"
-    return "mixed_bfloat16" if "amx_bf16" in cpu_flags else "float32"
+        with open(os.path.join(exp_dir, "flags.json")) as f:
+            recorded = json.load(f).get("precision")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if has_checkpoint(exp_dir) and recorded in precision_lib.PRECISIONS:
+        print(f"precision auto: {recorded} (as recorded in {exp_dir}/flags.json)")
+        return recorded
+    size = args.image_size or 32
+    return precision_lib.resolve_precision(
+        "auto", arch=args.arch, batch_size=args.batch_size, input_shape=(size, size, 3),
+        num_classes=num_classes, allow_probe=args.strategy != "multi_worker")
 
 
 def configure_determinism():
@@ -136,9 +143,10 @@ def resolve(argv):
     config = {
         "flags": vars(args), "method": method, "method_options": options,
         "epochs": epochs, "schedule": schedule, "step_factors": factors,
-        "precision": choose_precision(args.precision, args.mixed_precision),
         "experiment_dir": os.path.join(args.root_dir, name), "argv": list(argv),
     }
+    config["precision"] = choose_precision(args, config["experiment_dir"],
+                                           data_lib.NUM_CLASSES[args.dataset])
     return args, config
 
 

@@ -4,6 +4,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# `--precision auto` decides by the AMX rule, without a timed probe, in every
+# test and every process a test starts (tests/test_precision.py measures).
+os.environ.setdefault("PATCHUP_TF_PRECISION_PROBE", "0")
 
 import keras  # noqa: E402
 import pytest  # noqa: E402

@@ -223,6 +223,73 @@ def test_real_probe_in_a_subprocess():
     assert precision.decide(figures) in ("float32", "mixed_bfloat16")
 
 
+# ------------------------------------------------------- the trainer's auto
+def _trainer_precision(monkeypatch, argv, choice="mixed_bfloat16"):
+    """`experiment.resolve(argv)` with `resolve_precision` recorded, not run."""
+    from patchup_tf import experiment
+
+    calls = []
+
+    def fake(requested, **kwargs):
+        calls.append((requested, kwargs))
+        return choice
+
+    monkeypatch.setattr(experiment.precision_lib, "resolve_precision", fake)
+    _, config = experiment.resolve(argv)
+    return config, calls
+
+
+@pytest.mark.parametrize("argv, shape, classes, allow", [
+    (["--dataset", "digits", "--arch", "wrn28_2", "--batch_size", "50"], (32, 32, 3), 10, True),
+    (["--dataset", "cifar100", "--arch", "keras:MobileNetV3Small", "--image_size", "48"],
+     (48, 48, 3), 100, True),
+    (["--dataset", "cifar10", "--strategy", "multi_worker"], (32, 32, 3), 10, False),
+])
+def test_trainer_auto_asks_the_evidence_for_its_own_network(monkeypatch, tmp_path, argv, shape,
+                                                            classes, allow):
+    config, calls = _trainer_precision(
+        monkeypatch, [*argv, "--root_dir", str(tmp_path), "--method", "soft_patchup"],
+        choice="float32")
+    assert config["precision"] == "float32"
+    ((requested, kwargs),) = calls
+    parsed = dict(zip(argv[::2], argv[1::2]))
+    assert requested == "auto"
+    assert kwargs["arch"] == parsed.get("--arch", "preactresnet18")
+    assert kwargs["batch_size"] == int(parsed.get("--batch_size", 100))
+    assert tuple(kwargs["input_shape"]) == shape and kwargs["num_classes"] == classes
+    assert kwargs["allow_probe"] is allow  # multi-worker hosts must choose alike
+
+
+@pytest.mark.parametrize("extra, expected", [(["--precision", "float32"], "float32"),
+                                             (["--precision", "mixed_float16"], "mixed_float16"),
+                                             (["--mixed_precision", "True"], "mixed_bfloat16")])
+def test_trainer_explicit_precision_is_not_probed(monkeypatch, tmp_path, extra, expected):
+    config, calls = _trainer_precision(
+        monkeypatch, ["--dataset", "digits", "--root_dir", str(tmp_path), *extra])
+    assert config["precision"] == expected and calls == []
+
+
+def test_trainer_auto_keeps_a_resumed_runs_recorded_precision(monkeypatch, tmp_path, capsys):
+    """A run resumed with `--precision auto` continues in the precision its
+    flags.json recorded, whatever the evidence says now."""
+    from patchup_tf.checkpoints import INDEX_FILE
+
+    argv = ["--dataset", "digits", "--root_dir", str(tmp_path)]
+    config, calls = _trainer_precision(monkeypatch, argv, choice="mixed_bfloat16")
+    assert config["precision"] == "mixed_bfloat16" and len(calls) == 1
+    exp = config["experiment_dir"]
+    os.makedirs(os.path.join(exp, os.path.dirname(INDEX_FILE)))
+    with open(os.path.join(exp, "flags.json"), "w") as f:
+        json.dump({**json.loads(json.dumps(config, default=str)), "precision": "float32"}, f)
+    # flags.json alone (no committed epoch) is a fresh start: the evidence decides.
+    assert _trainer_precision(monkeypatch, argv)[0]["precision"] == "mixed_bfloat16"
+    with open(os.path.join(exp, INDEX_FILE), "w") as f:
+        f.write('model_checkpoint_path: "epoch-1"\n')
+    config, calls = _trainer_precision(monkeypatch, argv, choice="mixed_bfloat16")
+    assert config["precision"] == "float32" and calls == []
+    assert "float32 (as recorded in" in capsys.readouterr().out
+
+
 # --------------------------------------------------------- float32 logits
 @pytest.fixture
 def bf16():
