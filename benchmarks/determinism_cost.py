@@ -19,11 +19,12 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
+
+from patchup_tf.precision import cpu_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,17 +64,6 @@ def worker(args):
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         print(json.dumps({"img_s": args.steps * args.batch_size / wall,
                           "cpu_s_per_step": cpu / args.steps}), flush=True)
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main():

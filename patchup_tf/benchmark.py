@@ -70,6 +70,8 @@ import sys
 import tempfile
 import time
 
+from patchup_tf.precision import cpu_count, cpu_flags, cpu_model
+
 DEFAULT_METHODS = ("vanilla", "soft_patchup", "hard_patchup", "manifold_mixup")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 BATCHNORMS = ("fused", "keras")
@@ -142,34 +144,7 @@ def reset_peak_rss():
         return False
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags(wanted=("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")):
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return [w for w in wanted if w in flags]
-    except OSError:
-        pass
-    return []
-
-
-def cpu_count():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count()
+CPU_FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
 
 
 ENV_KEYS = ("TF_ENABLE_ONEDNN_OPTS", "OMP_NUM_THREADS", "TF_XLA_FLAGS", "TF_NUM_INTRAOP_THREADS",
@@ -195,7 +170,7 @@ def machine_info():
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpu_model": cpu_model(),
-        "cpu_flags": cpu_flags(),
+        "cpu_flags": [f for f in CPU_FLAGS_SHOWN if f in cpu_flags()],
         "cores": cpu_count(),
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
         if hasattr(os, "sysconf") else None,
