@@ -20,7 +20,7 @@ setup(
         "scikit-learn",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest", "hypothesis"], "hub": ["keras-hub>=0.20"]},
+    extras_require={"test": ["pytest", "hypothesis"], "hub": ["keras-hub>=0.32"]},
     entry_points={
         "console_scripts": [
             "patchup-train = patchup_tf.cli.train:main",
