@@ -255,6 +255,21 @@ def test_a_nan_pixel_stops_fit_with_the_weights_flagged():
     assert len(losses_seen) == 1 and not np.isfinite(losses_seen[0])
 
 
+@pytest.mark.parametrize("bad, expected", [
+    (None, True), (np.nan, False), (np.inf, False), (-np.inf, False), ("inf and -inf", False)])
+def test_the_step_finiteness_check(bad, expected):
+    """One bad value in any tensor, even where an inf meets a -inf, is caught."""
+    from patchup_tf.training import _all_finite
+
+    a, b = np.ones((3, 4), "float32"), np.full((5,), -2.0, "float32")
+    if bad == "inf and -inf":
+        a[1, 2], b[3] = np.inf, -np.inf
+    elif bad is not None:
+        b[4] = bad
+    tensors = [tf.constant(a), tf.constant(b, tf.bfloat16), None, tf.constant(7.0)]
+    assert bool(_all_finite(tensors)) is expected
+
+
 def test_terminate_on_nan_of_the_user_is_kept():
     x, y = data(8)
     x[0, 0, 0, 0] = np.inf
