@@ -122,10 +122,9 @@ def test_auto_points_of_resnet50v2(apps):
 
 
 # ------------------------------------------------------------------ training
-@pytest.mark.parametrize("name", list(APPS))
-def test_patchup_step_trains_the_original(apps, name):
-    original = apps[name]
-    size = APPS[name]
+def check_step_trains_the_original(original, size):
+    """A soft PatchUp `fit` step of `attach(original)` trains `original`;
+    both predict alike before and after."""
     x, y = images(size), labels()
     model = compiled(attach(original, "soft_patchup", seed=3))
     assert isinstance(model, MixingModel) and model.method.hidden_positions == (1, 2)
@@ -137,6 +136,11 @@ def test_patchup_step_trains_the_original(apps, name):
     after = original.predict(x, verbose=0)
     np.testing.assert_allclose(model.predict(x, verbose=0), after, atol=1e-5)
     assert np.abs(after - before).max() > 1e-6
+
+
+@pytest.mark.parametrize("name", list(APPS))
+def test_patchup_step_trains_the_original(apps, name):
+    check_step_trains_the_original(apps[name], APPS[name])
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -241,9 +245,15 @@ def test_frozen_backbone_stays_frozen():
 
 # ------------------------------------------------------- inference and files
 def test_export_and_keras_file(apps, tmp_path):
-    original = apps[SMALL]
+    check_export_and_keras_file(apps[SMALL], APPS[SMALL], tmp_path)
+
+
+def check_export_and_keras_file(original, size, tmp_path):
+    """After a traced `fit`, the export serves `original`'s predictions with
+    no random op; the `.keras` file reloads the attached model, options,
+    mixing points and optimizer state, and trains on."""
     model = compiled(attach(original, "soft_patchup", k=3, seed=5), run_eagerly=False)
-    x, y = images(32, n=8), labels(8)
+    x, y = images(size, n=8), labels(8)
     model.fit(x, y, batch_size=4, verbose=0)
     expected = original.predict(x, verbose=0)
 

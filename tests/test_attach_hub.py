@@ -11,18 +11,19 @@ calls it as a layer, and a `Sequential` with a new head.
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 keras_hub = pytest.importorskip(
     "keras_hub", reason="keras-hub is not installed (the optional extra: pip install -e '.[hub]')")
 
 from patchup_tf.attach import attach, cut_points  # noqa: E402
 from patchup_tf.layers import MixingPoint  # noqa: E402
-from patchup_tf.optimizer import TorchSGD  # noqa: E402
-from patchup_tf.training import MixingModel  # noqa: E402
-from tests.test_attach import NUM_CLASSES, images, labels, logits_under  # noqa: E402
-from tests.test_export import forbidden as random_ops  # noqa: E402
-from tests.test_export import op_types  # noqa: E402
+from tests.test_attach import (  # noqa: E402
+    NUM_CLASSES,
+    check_export_and_keras_file,
+    check_step_trains_the_original,
+    images,
+    logits_under,
+)
 
 
 def resnet(size):
@@ -92,20 +93,7 @@ def test_auto_points_of_the_resnet_classifier(hub_models):
 
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_patchup_step_trains_the_original(hub_models, name):
-    original = hub_models[name]
-    size = BUILDERS[name][1]
-    x, y = images(size), labels()
-    model = attach(original, "soft_patchup", seed=3)
-    model.compile(optimizer=TorchSGD(0.05), run_eagerly=True)
-    assert isinstance(model, MixingModel)
-    assert {id(v) for v in model.weights} == {id(v) for v in original.weights}
-    before = original.predict(x, verbose=0)
-    np.testing.assert_allclose(model.predict(x, verbose=0), before, atol=1e-5)
-    history = model.fit(x, y, batch_size=4, epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"]).all()
-    after = original.predict(x, verbose=0)
-    np.testing.assert_allclose(model.predict(x, verbose=0), after, atol=1e-5)
-    assert np.abs(after - before).max() > 1e-6
+    check_step_trains_the_original(hub_models[name], BUILDERS[name][1])
 
 
 def test_patchup_mixes_at_a_hidden_position(hub_models):
@@ -120,21 +108,4 @@ def test_patchup_mixes_at_a_hidden_position(hub_models):
 
 
 def test_export_and_keras_file(hub_models, tmp_path):
-    original = hub_models["ResNetImageClassifier"]
-    model = attach(original, "soft_patchup", k=3, seed=5)
-    model.compile(optimizer=TorchSGD(0.05))
-    x, y = images(32, n=8), labels(8)
-    model.fit(x, y, batch_size=4, verbose=0)
-    expected = original.predict(x, verbose=0)
-
-    model.export(str(tmp_path / "saved"), verbose=False)
-    loaded = tf.saved_model.load(str(tmp_path / "saved"))
-    np.testing.assert_allclose(loaded.serve(tf.constant(x)).numpy(), expected, atol=1e-5)
-    assert random_ops(op_types(loaded.signatures["serving_default"])) == []
-
-    model.save(tmp_path / "attached.keras")
-    again = keras.models.load_model(tmp_path / "attached.keras")
-    assert type(again) is MixingModel and again.method.k == 3
-    assert [p.position for p in mixing_points(again)] == [1, 2, 3]
-    again.compile(optimizer=TorchSGD(0.01), run_eagerly=True)
-    np.testing.assert_allclose(again.predict(x, verbose=0), expected, atol=1e-5)
+    check_export_and_keras_file(hub_models["ResNetImageClassifier"], 32, tmp_path)
