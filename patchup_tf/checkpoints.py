@@ -11,7 +11,8 @@ that latest checkpoint. A checkpoint holds:
   plans are a pure function of `(seed, optimizer.iterations, replica)` and
   the training stream's epoch `e` of `(seed, e)` (`data.train_epochs`
   restarts at `epoch + 1`);
-* `epoch`: the last completed epoch, 0-based (also in the file names);
+* `epoch`: the last completed epoch, 0-based as Keras counts (the file
+  names count epochs completed: `epoch-1` after the first);
 * `best/weights/<i>` (`model.weights` order), `best_epoch` (-1 before the
   first), `best_valid_top1`: the weights of the strictly best validation
   epoch so far and its validation top-1 (so a checkpoint is about 1.5 times

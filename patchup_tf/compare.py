@@ -17,7 +17,7 @@ the first folder):
 
 Rows are the method plus any other setting that varies across the runs
 (method options count when they vary within one method). Columns: test
-error, top-5 error and best epoch (0-based, as in the logs) of the best
+error, top-5 error and best epoch (1-based, as in the logs) of the best
 validation weights, then each deformed set's error and the FGSM error per
 eps where present: mean ± sample standard deviation (number of runs).
 Method options are compared with their resolved values, so `--alpha 1.0`
@@ -352,7 +352,7 @@ def write_outputs(out_dir, groups, varying, implied, columns, incomplete, proble
     table = render(table_list) if groups else "(no finished experiments)"
     md = ["# Comparison", "",
           "Mean ± sample standard deviation (number of runs) over the seeds; errors in %; "
-          "best epoch 0-based.", "", table, ""]
+          "best epoch 1-based, as Keras prints it.", "", table, ""]
     if implied:
         md += [f"Also different between rows, following from the columns shown: "
                f"{', '.join(implied)} (see comparison.json).", ""]
