@@ -70,7 +70,24 @@ import sys
 import tempfile
 import time
 
-from patchup_tf.precision import cpu_count, cpu_flags, cpu_model
+
+def _precision_module():
+    """`patchup_tf.precision` (stdlib only at import), read by path when this
+    file is loaded on its own (`benchmarks/gpu_bench.py`, whose parent
+    process must not import TensorFlow)."""
+    if __package__ == "patchup_tf":
+        from patchup_tf import precision
+
+        return precision
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "precision.py")
+    spec = importlib.util.spec_from_file_location("patchup_precision_standalone", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cpu_count, cpu_flags, cpu_model = (getattr(_precision_module(), name)
+                                   for name in ("cpu_count", "cpu_flags", "cpu_model"))
 
 DEFAULT_METHODS = ("vanilla", "soft_patchup", "hard_patchup", "manifold_mixup")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")

@@ -376,6 +376,24 @@ def _gpu_bench_module(tmp_path, monkeypatch):
     return gpu, bench
 
 
+def test_gpu_script_loads_the_benchmark_without_tensorflow():
+    """On a GPU machine with torch but no TensorFlow, `gpu_bench.py --impls
+    torch` still times the original: its process loads patchup_tf/benchmark.py
+    (and the machine helpers) without importing TensorFlow or the package."""
+    code = (
+        "import importlib.util, sys\n"
+        "sys.modules['tensorflow'] = None  # any import of it fails\n"
+        f"spec = importlib.util.spec_from_file_location('g', {os.path.join(ROOT, 'benchmarks', 'gpu_bench.py')!r})\n"
+        "gpu = importlib.util.module_from_spec(spec); spec.loader.exec_module(gpu)\n"
+        "bench = gpu.load_benchmark_module()\n"
+        "assert bench.cpu_model() and bench.cpu_count() >= 1\n"
+        "assert 'patchup_tf' not in sys.modules, sorted(sys.modules)\n"
+        "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
 def test_gpu_script_times_out_one_config_and_goes_on(tmp_path, monkeypatch):
     import argparse
     import time
