@@ -1,9 +1,9 @@
 """scripts/train.py on bad input: exit 2, one message, no traceback, no folder.
 
-Flag errors are answered before TensorFlow loads (well under a second of
-work); data errors after it but before any model is built or folder made.
-Every case is a real subprocess; the data cases (each pays a TensorFlow
-import) run a few at a time.
+Flag errors are answered before any data is read, data errors before any
+model is built; neither makes a folder. Every case is a real subprocess and
+pays TensorFlow's import (`import patchup_tf` registers its Keras classes),
+so the cases run two at a time.
 """
 
 import concurrent.futures
@@ -76,13 +76,32 @@ def _check_bad_input(proc, root, expected, single_line=True):
     assert experiment_dirs(root) == [], f"experiment folder made: {experiment_dirs(root)}"
 
 
+def _start_two_at_a_time(runs):
+    """`{id: (root, argv, timeout)}` -> `{id: (root, future of run_train)}`."""
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
+    started = {case: (root, pool.submit(run_train, argv, timeout))
+               for case, (root, argv, timeout) in runs.items()}
+    return pool, started
+
+
+@pytest.fixture(scope="module")
+def flag_case_runs(fabricated, tmp_path_factory):
+    base = tmp_path_factory.mktemp("bad_flags")
+    runs = {}
+    for case, (argv, _) in sorted(FLAG_CASES.items()):
+        root = base / case / "experiments"
+        runs[case] = (root, [*_base(fabricated.dirs["cifar10"], root), *argv], 120)
+    pool, started = _start_two_at_a_time(runs)
+    yield started
+    pool.shutdown(wait=True)
+
+
 @pytest.mark.parametrize("case", sorted(FLAG_CASES))
-def test_bad_flags(case, fabricated, tmp_path):
-    argv, expected = FLAG_CASES[case]
-    root = tmp_path / "experiments"
-    proc = run_train([*_base(fabricated.dirs["cifar10"], root), *argv], timeout=120)
-    _check_bad_input(proc, root, expected)
-    # Answered before TensorFlow loads: nothing of its start-up noise either.
+def test_bad_flags(case, flag_case_runs):
+    root, future = flag_case_runs[case]
+    proc = future.result()
+    _check_bad_input(proc, root, FLAG_CASES[case][1])
+    # TensorFlow's start-up lines are filtered (TF_CPP_MIN_LOG_LEVEL=2 in the script).
     assert "oneDNN" not in proc.stderr and "absl" not in proc.stderr, describe(proc)
 
 
@@ -170,12 +189,11 @@ def data_case_runs(fabricated, tmp_path_factory):
     """Starts every data case (and the first-epoch NaN run) at once, two at
     a time; `{id: (root, future)}`."""
     base = tmp_path_factory.mktemp("bad_data")
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
     runs = {}
     root = str(base / "nan_first_epoch" / "experiments")
-    runs["nan_first_epoch"] = (root, pool.submit(run_train, original_run_args(
+    runs["nan_first_epoch"] = (root, original_run_args(
         "preact_vanilla", fabricated.dirs["cifar10"], root, extra=["--learning_rate", "1e36"]),
-        600))
+        600)
     for case, (dataset, make, extra, _, _) in sorted(DATA_CASES.items()):
         folder = str(base / case)
         data_dir = make(folder + "/data", fabricated) if make else fabricated.dirs[dataset]
@@ -184,8 +202,9 @@ def data_case_runs(fabricated, tmp_path_factory):
         if dataset == "cifar100":
             argv += ["--labels_per_class", "1", "--valid_labels_per_class", "1",
                      "--batch_size", "50"]
-        runs[case] = (root, pool.submit(run_train, argv, 300))
-    yield runs
+        runs[case] = (root, argv, 300)
+    pool, started = _start_two_at_a_time(runs)
+    yield started
     pool.shutdown(wait=True)
 
 
