@@ -1223,23 +1223,17 @@ def run_benchmark(archs=("preactresnet18",), methods=DEFAULT_METHODS,
     to the original use its fastest variant (img/s) and its cheapest (CPU).
     """
     start = time.perf_counter()
-    for p in precisions:
-        if p not in PRECISIONS:
-            raise ValueError(f"Unknown precision {p!r}: expected one of {PRECISIONS}.")
     from patchup_tf.methods import METHODS
 
-    for m in methods:
-        if m not in METHODS:
-            raise ValueError(f"Unknown method {m!r}: expected one of {METHODS}.")
-    for x in xla:
-        if x not in ("off", "on"):
-            raise ValueError(f"Unknown xla setting {x!r}: expected 'off' or 'on'.")
-    for b in batchnorms:
-        if b not in BATCHNORMS:
-            raise ValueError(f"Unknown batchnorm {b!r}: expected one of {BATCHNORMS}.")
-    for i in inputs:
-        if i not in INPUTS:
-            raise ValueError(f"Unknown input {i!r}: expected one of {INPUTS}.")
+    for kind, values, allowed, expected in (
+            ("precision", precisions, PRECISIONS, f"one of {PRECISIONS}"),
+            ("method", methods, METHODS, f"one of {METHODS}"),
+            ("xla setting", xla, ("off", "on"), "'off' or 'on'"),
+            ("batchnorm", batchnorms, BATCHNORMS, f"one of {BATCHNORMS}"),
+            ("input", inputs, INPUTS, f"one of {INPUTS}")):
+        for value in values:
+            if value not in allowed:
+                raise ValueError(f"Unknown {kind} {value!r}: expected {expected}.")
     envs = [(e, _parse_env(e)) for e in worker_envs] or [("", {})]
     t_envs = [(e, _parse_env(e)) for e in torch_envs] or [("", {})]
     configs = [

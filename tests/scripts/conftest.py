@@ -173,6 +173,20 @@ def read_state(exp_dir):
     return read_checkpoint(exp_dir)
 
 
+def log_rows(exp):
+    """The experiment's log.json rows without the wall-clock `seconds`."""
+    with open(os.path.join(exp, "log.json")) as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in json.load(f)]
+
+
+def report_without_folder(exp):
+    """The experiment's report.json without its `experiment_dir`."""
+    with open(os.path.join(exp, "report.json")) as f:
+        report = json.load(f)
+    report.pop("experiment_dir")
+    return report
+
+
 def committed_epoch(exp_dir):
     """The epochs completed per the folder's checkpoint index; 0 before the
     first. Reads one small file (replaced atomically): cheap to poll."""

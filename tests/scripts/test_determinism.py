@@ -11,7 +11,6 @@ seconds, every checkpoint variable, `best.keras`, `report.json`) checks both
 that two runs of one command agree and that resuming adds no difference.
 """
 
-import json
 import os
 import signal
 import time
@@ -23,8 +22,10 @@ from tests.scripts.conftest import (
     committed_epoch,
     describe,
     keras_weights,
+    log_rows,
     only_experiment,
     read_state,
+    report_without_folder,
     run_train,
     start_train,
 )
@@ -32,18 +33,6 @@ from tests.scripts.conftest import (
 FLAGS = ["--dataset", "digits", "--method", "hard_patchup", "--arch", "wrn28_2",
          "--epochs", "2", "--labels_per_class", "50", "--seed", "3", "--verbose", "2",
          "--deterministic", "True"]
-
-
-def _rows(exp):
-    with open(os.path.join(exp, "log.json")) as f:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in json.load(f)]
-
-
-def _report(exp):
-    with open(os.path.join(exp, "report.json")) as f:
-        report = json.load(f)
-    report.pop("experiment_dir")
-    return report
 
 
 def _kill_when_committed(proc, root, timeout=600):
@@ -83,7 +72,7 @@ def test_same_command_same_bits_across_processes_and_a_kill(tmp_path):
     exp_a = only_experiment(root_a)
 
     assert os.path.basename(exp_a) == os.path.basename(exp_b)
-    rows_a, rows_b = _rows(exp_a), _rows(exp_b)
+    rows_a, rows_b = log_rows(exp_a), log_rows(exp_b)
     assert [r["epoch"] for r in rows_a] == [1, 2]
     # TensorFlow does not promise deterministic CPU kernels: bitwise in most
     # runs here, but one killed-and-resumed run in four differed by <= 3e-9
@@ -103,7 +92,7 @@ def test_same_command_same_bits_across_processes_and_a_kill(tmp_path):
     for a, b in zip(keras_weights(os.path.join(exp_a, "best.keras")),
                     keras_weights(os.path.join(exp_b, "best.keras")), strict=True):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
-    report_a, report_b = _report(exp_a), _report(exp_b)
+    report_a, report_b = report_without_folder(exp_a), report_without_folder(exp_b)
     assert report_b["best_epoch"] == report_a["best_epoch"]
     for split in ("valid", "test"):
         assert report_b[split] == pytest.approx(report_a[split], rel=1e-6)

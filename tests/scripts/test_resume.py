@@ -11,7 +11,6 @@ every kill every file in the folder must load. A folder of an older
 version (its resume point `state.npz`) is refused.
 """
 
-import json
 import os
 import signal
 import time
@@ -24,10 +23,12 @@ from tests.scripts.conftest import (
     committed_epoch,
     describe,
     keras_weights,
+    log_rows,
     only_experiment,
-    read_state,
-    run_train,
     original_run_args,
+    read_state,
+    report_without_folder,
+    run_train,
     start_train,
 )
 
@@ -54,18 +55,6 @@ def _wait_and_kill(proc, ready, timeout=900, poll=0.005):
     proc.kill()
     proc.wait()
     raise AssertionError("the run neither reached the kill point nor ended")
-
-
-def _rows(exp):
-    with open(os.path.join(exp, "log.json")) as f:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in json.load(f)]
-
-
-def _report(exp):
-    with open(os.path.join(exp, "report.json")) as f:
-        report = json.load(f)
-    report.pop("experiment_dir")
-    return report
 
 
 def test_killed_run_resumes_exactly(fabricated, tmp_path):
@@ -117,7 +106,7 @@ def test_killed_run_resumes_exactly(fabricated, tmp_path):
 
     # Same folder name, same log, same weights, same report.
     assert os.path.basename(exp_a) == os.path.basename(exp_b)
-    rows_a, rows_b = _rows(exp_a), _rows(exp_b)
+    rows_a, rows_b = log_rows(exp_a), log_rows(exp_b)
     assert len(rows_a) == EPOCHS
     where = f"(killed after epoch {first_kill_epoch}; killed while writing: {killed_writing})"
     assert len(rows_b) == len(rows_a) and all(
@@ -142,7 +131,7 @@ def test_killed_run_resumes_exactly(fabricated, tmp_path):
     assert len(best_a) == len(best_b)
     for a, b in zip(best_a, best_b):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
-    report_a, report_b = _report(exp_a), _report(exp_b)
+    report_a, report_b = report_without_folder(exp_a), report_without_folder(exp_b)
     assert report_b["best_epoch"] == report_a["best_epoch"]
     for part in ("valid", "test"):
         assert report_b[part] == pytest.approx(report_a[part], rel=1e-6, abs=1e-9)
@@ -153,7 +142,7 @@ def test_killed_run_resumes_exactly(fabricated, tmp_path):
     assert other.returncode == 2, describe(other)
     assert "--labels_per_class" in other.stderr.splitlines()[-1], describe(other)
     assert "Traceback" not in other.stderr
-    assert _rows(exp_b) == rows_a
+    assert log_rows(exp_b) == rows_a
 
 
 def test_folder_of_an_older_version_is_refused(tmp_path):
