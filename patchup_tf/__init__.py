@@ -1,25 +1,51 @@
 """patchup_tf: PatchUp and the regularisers it is compared with, for Keras 3.
 
 PatchUp: A Feature-Space Block-Level Regularization Technique for
-Convolutional Neural Networks (Faramarzi et al., https://arxiv.org/abs/2006.07794),
-ported from the PyTorch original https://github.com/chandar-lab/PatchUp.
+Convolutional Neural Networks (Faramarzi et al., https://arxiv.org/abs/2006.07794).
+The PyTorch original is https://github.com/chandar-lab/PatchUp.
 
-Importing the package registers every Keras-serializable class it defines,
-so `keras.models.load_model` reads the files it writes in a fresh process.
+`import patchup_tf` is cheap: it loads neither Keras nor TensorFlow. A name
+below is imported on first use (PEP 562). The Keras-serializable classes are
+registered as soon as Keras itself is loaded (now, if it already is), so
+`keras.models.load_model` reads the files this package writes after a plain
+`import patchup_tf`.
 """
+
+import importlib
+import sys
+
+from patchup_tf import _registration
 
 __version__ = "0.1.0"
 
-from patchup_tf.tf_logging import import_tensorflow  # noqa: E402
+_EXPORTS = {
+    "DropBlock": "patchup_tf.layers.dropblock",
+    "MixingPoint": "patchup_tf.layers.mixing_point",
+    "PatchUp": "patchup_tf.layers.patchup",
+    "FusedBatchNorm": "patchup_tf.models.batchnorm",
+    "METHODS": "patchup_tf.methods",
+    "Method": "patchup_tf.methods",
+    "MixingModel": "patchup_tf.training",
+    "StopMixing": "patchup_tf.training",
+    "TorchSGD": "patchup_tf.optimizer",
+    "attach": "patchup_tf.attach",
+    "cut_points": "patchup_tf.attach",
+}
 
-import_tensorflow()  # honours TF_CPP_MIN_LOG_LEVEL for TensorFlow's start-up lines
+__all__ = sorted(_EXPORTS)
 
-from patchup_tf.layers import DropBlock, MixingPoint, PatchUp  # noqa: E402
-from patchup_tf.methods import METHODS, Method  # noqa: E402
-from patchup_tf.models.batchnorm import FusedBatchNorm  # noqa: E402,F401  (registered)
-from patchup_tf.optimizer import TorchSGD  # noqa: E402
-from patchup_tf.training import MixingModel  # noqa: E402
-from patchup_tf.attach import attach, cut_points  # noqa: E402
 
-__all__ = ["DropBlock", "METHODS", "Method", "MixingModel", "MixingPoint", "PatchUp", "TorchSGD",
-           "attach", "cut_points"]
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'patchup_tf' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+_registration.register_when_keras_loads(sys.modules)

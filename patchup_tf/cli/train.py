@@ -19,10 +19,16 @@ Exit codes: 0 done, 2 bad flags or data (one message, nothing half-written),
 3 a non-finite loss (the last good checkpoint is kept).
 """
 
-from patchup_tf.experiment import run
+import os
 
 
 def main(argv=None):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from patchup_tf.tf_logging import import_tensorflow
+
+    import_tensorflow()
+    from patchup_tf.experiment import run
+
     run(argv)
     return 0
 
