@@ -62,7 +62,7 @@ _BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 
 # ------------------------------------------------------------ the machine
 def cpu_model():
-    """The CPU's model name (`/proc/cpuinfo`), else what `platform` says."""
+    """The CPU's model name (`/proc/cpuinfo`, else `lscpu`), else what `platform` says."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -70,6 +70,13 @@ def cpu_model():
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    for line in out.splitlines():
+        if line.lower().startswith("model name:"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 
@@ -144,27 +151,19 @@ def load_cache(path):
     return entries if isinstance(entries, dict) else {}
 
 
-def _write_atomic(path, data):
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".precision-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
 def store_entry(path, key, entry):
     """Adds `entry` under `key`; the file is replaced atomically (a corrupt one is rewritten)."""
+    from patchup_tf.files import atomic_write
+
     entries = load_cache(path)
     entries[key] = entry
-    _write_atomic(path, {"version": CACHE_VERSION, "entries": entries})
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump({"version": CACHE_VERSION, "entries": entries}, f, indent=2, sort_keys=True)
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    atomic_write(path, write)
 
 
 @contextlib.contextmanager
@@ -207,52 +206,41 @@ def decide(figures, margin=SPEEDUP_MARGIN):
 
 
 def measure_steps(benches, steps):
-    """Alternates single timed steps of `{precision: bench}`; medians per precision.
-
-    Each bench has `window(1)` (one step, synced) and `cpu_step`/`windows`
-    lists, as `patchup_tf.benchmark.TrainBench`.
-    """
+    """Alternates single timed steps of `{precision: KerasSteps}`; medians per precision."""
     walls = {p: [] for p in benches}
     cpus = {p: [] for p in benches}
     for _ in range(steps):
         for precision, bench in benches.items():
-            wall, cpu = time.perf_counter(), time.process_time()
-            bench.window(1)
-            walls[precision].append(time.perf_counter() - wall)
-            cpus[precision].append(time.process_time() - cpu)
+            timing = bench.time(1)
+            walls[precision].append(timing.wall_s)
+            cpus[precision].append(timing.cpu_s)
     return {p: {"wall_s": statistics.median(walls[p]), "cpu_s": statistics.median(cpus[p]),
                 "wall_s_steps": walls[p], "cpu_s_steps": cpus[p]} for p in benches}
 
 
-def _probe_spec(spec):
-    """Runs in the probe's process: times `spec["arch"]` in both precisions.
-
-    `arch` is one of `patchup_tf.models.ARCHS`, or `"keras:<Name>"` for a
-    `keras.applications` network with the method attached (as the trainer
-    builds it).
-    """
+def _spec_builder(spec):
+    """The model `spec["arch"]` names, with `spec["method"]`: one of
+    `patchup_tf.models.ARCHS`, or `"keras:<Name>"` for a `keras.applications`
+    network with the method attached (as the trainer builds it)."""
+    method, classes = spec.get("method", "vanilla"), spec.get("num_classes", 10)
     if spec["arch"].startswith("keras:"):
         from patchup_tf.attach import attach
         from patchup_tf.models.applications import keras_application
 
-        name = spec["arch"][len("keras:"):]
         shape = tuple(spec.get("input_shape", (32, 32, 3)))
+        name = spec["arch"][len("keras:"):]
+        return lambda: attach(keras_application(name, shape, classes), method, seed=0)
+    from patchup_tf.models import build
 
-        def builder():
-            network = keras_application(name, shape, spec.get("num_classes", 10))
-            return attach(network, spec.get("method", "vanilla"), seed=0)
+    return lambda: build(spec["arch"], classes, method, seed=0)
 
-        return probe_builder(builder, batch_size=spec["batch_size"], input_shape=shape,
-                             num_classes=spec.get("num_classes", 10), steps=spec.get("steps", 3),
-                             warmup=spec.get("warmup", 1))
-    from patchup_tf.benchmark import TrainBench, make_config
 
-    benches = {}
-    for precision in ("float32", "mixed_bfloat16"):
-        config = make_config(spec["arch"], spec.get("method", "vanilla"), precision, False)
-        benches[precision] = TrainBench(config, spec["batch_size"], spec.get("warmup", 1),
-                                        num_classes=spec.get("num_classes", 10))
-    return measure_steps(benches, spec.get("steps", 3))
+def _probe_spec(spec):
+    """Runs in the probe's process: times `spec["arch"]` in both precisions."""
+    return probe_builder(_spec_builder(spec), batch_size=spec["batch_size"],
+                         input_shape=tuple(spec.get("input_shape", (32, 32, 3))),
+                         num_classes=spec.get("num_classes", 10), steps=spec.get("steps", 3),
+                         warmup=spec.get("warmup", 1))
 
 
 def probe_subprocess(*, arch, batch_size, input_shape=(32, 32, 3), num_classes=10, steps=3,
@@ -295,29 +283,15 @@ def probe_builder(model_builder, *, batch_size, input_shape=(32, 32, 3), num_cla
     `num_classes` logits; uncompiled ones get `recipe()`'s optimizer.
     """
     import keras
+    import tensorflow as tf
 
+    from patchup_tf.steptimer import KerasSteps
     from patchup_tf.training import recipe
 
-    class _Bench:
-        def __init__(self, model):
-            import tensorflow as tf
-
-            self.model = model
-            x = tf.random.stateless_normal([2, batch_size, *input_shape], [0, 1])
-            y = tf.one_hot(tf.random.stateless_uniform([2, batch_size], [0, 2], 0, num_classes,
-                                                       dtype=tf.int32), num_classes)
-            self.data = tf.data.Dataset.from_tensor_slices((x, y)).repeat()
-            model.fit(self.data, epochs=1, steps_per_epoch=max(1, warmup), verbose=0,
-                      shuffle=False)
-            model.make_train_function()
-            self.iterator = iter(self.data)
-
-        def window(self, steps):
-            logs = None
-            for _ in range(steps):
-                logs = self.model.train_function(self.iterator)
-            float(next(iter(logs.values())).numpy())
-
+    x = tf.random.stateless_normal([2, batch_size, *input_shape], [0, 1])
+    y = tf.one_hot(tf.random.stateless_uniform([2, batch_size], [0, 2], 0, num_classes,
+                                               dtype=tf.int32), num_classes)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).repeat()
     previous = keras.mixed_precision.global_policy().name
     benches = {}
     try:
@@ -326,7 +300,7 @@ def probe_builder(model_builder, *, batch_size, input_shape=(32, 32, 3), num_cla
             model = model_builder()
             if not getattr(model, "optimizer", None) or not getattr(model, "compiled", True):
                 model.compile(optimizer=recipe()[0])
-            benches[precision] = _Bench(model)
+            benches[precision] = KerasSteps(model, data, warmup=warmup)
     finally:
         keras.mixed_precision.set_global_policy(previous)
     return measure_steps(benches, steps)

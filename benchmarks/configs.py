@@ -1,0 +1,110 @@
+"""What to time: one configuration per (impl, arch, method, precision, XLA,
+BatchNorm kind, input, environment variant), the presets and the checks."""
+
+import itertools
+
+from patchup_tf.precision import PRECISIONS
+from patchup_tf.rules import METHODS, check_choice, invalid
+
+IMPL = "patchup_tf"
+TORCH_IMPL = "torch_original"
+DEFAULT_METHODS = ("vanilla", "soft_patchup", "hard_patchup", "manifold_mixup")
+INPUTS = ("batches", "trainer")
+XLA = ("off", "on")
+TINY = {
+    "methods": ("vanilla", "soft_patchup"),
+    "precisions": ("float32",),
+    "xla": ("off",),
+    "batchnorms": ("fused",),
+    "batch_size": 8,
+    "steps": 1,
+    "warmup": 1,
+    "windows": 2,
+    "pipeline_batches": 5,
+    "synthetic_images": 512,
+}
+FULL = {
+    "methods": DEFAULT_METHODS,
+    "precisions": ("float32", "mixed_bfloat16"),
+    "xla": ("off", "on"),
+    "batchnorms": ("fused",),
+    "batch_size": 100,
+    "steps": 3,
+    "warmup": 2,
+    "windows": 3,
+    "pipeline_batches": 50,
+    "synthetic_images": 10000,
+}
+
+
+def make_config(arch="preactresnet18", method="vanilla", precision="float32", xla=False,
+                batchnorm="fused", input="batches", impl=IMPL, variant=""):
+    """One configuration to time (a dict; `variant` names a worker environment)."""
+    return {"impl": impl, "arch": arch, "method": method, "precision": precision,
+            "xla": bool(xla), "batchnorm": batchnorm, "input": input, "variant": variant}
+
+
+def as_config(c):
+    """A config dict from a dict or an `(arch, method, precision, xla)` tuple."""
+    if isinstance(c, dict):
+        return make_config(**{k: c[k] for k in make_config() if k in c})
+    return make_config(*c)
+
+
+def config_label(c):
+    """`impl/arch/method/precision/xla=..[/bn=../in=..][/variant]`."""
+    parts = [c.get("impl", IMPL), c.get("arch", "?"), c.get("method", "?"),
+             c.get("precision", "?"), "xla=" + ("on" if c.get("xla") else "off")]
+    if c.get("impl", IMPL) == IMPL:
+        parts += ["bn=" + str(c.get("batchnorm", "fused")), "in=" + str(c.get("input", "batches"))]
+    if c.get("variant"):
+        parts.append(c["variant"])
+    return "/".join(parts)
+
+
+def error_row(config, error, batch_size):
+    return {**config, "batch_size": batch_size, "error": error}
+
+
+def error_text(e):
+    """`Type: the message's most telling line` (XLA's names the unsupported op)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    telling = [line for line in lines if "unsupported operations" in line or "No registered" in line]
+    return f"{type(e).__name__}: {(telling or lines or [''])[0][:400]}"
+
+
+def parse_env(text):
+    """`"K=V,K2=V2"` -> `{"K": "V", "K2": "V2"}` (an environment variant)."""
+    env = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if "=" not in part:
+            raise invalid("worker_env", "KEY=VALUE[,KEY=VALUE]", text)
+        key, value = part.split("=", 1)
+        env[key.strip()] = value.strip()
+    return env
+
+
+def env_variants(texts):
+    """`[(label, env), ...]` for `--worker_env`-style texts; one plain variant if none."""
+    return [(text, parse_env(text)) for text in texts] or [("", {})]
+
+
+def check_choices(*, methods, precisions, xla, batchnorms, inputs):
+    """Raises the Keras-style `ValueError` for the first unknown choice."""
+    from patchup_tf.models.common import BATCHNORMS
+
+    for name, values, allowed in (("precisions", precisions, PRECISIONS),
+                                  ("methods", methods, METHODS), ("xla", xla, XLA),
+                                  ("batchnorms", batchnorms, tuple(BATCHNORMS)),
+                                  ("inputs", inputs, INPUTS)):
+        for value in values:
+            check_choice(name, value, allowed)
+
+
+def expand(*, archs, methods, precisions, xla, batchnorms, inputs, xla_methods=None):
+    """Every patchup_tf configuration asked for (XLA "on" only for
+    `xla_methods` when given), methods innermost."""
+    return [make_config(arch, method, precision, x == "on", bn, inp)
+            for arch, precision, x, bn, inp, method
+            in itertools.product(archs, precisions, xla, batchnorms, inputs, methods)
+            if not (x == "on" and xla_methods is not None and method not in xla_methods)]

@@ -1,0 +1,24 @@
+"""The patchup_tf worker: `python -m benchmarks.tf_worker` speaks the
+protocol of `benchmarks.workers`, one `TrainBench` per configuration."""
+
+import sys
+
+from benchmarks.train_bench import build_bench, tf_info
+from benchmarks.workers import serve
+
+
+def command(python=None):
+    """The command line that starts this worker."""
+    return [python or sys.executable, "-m", "benchmarks.tf_worker"]
+
+
+def info(job):
+    return tf_info(job.get("intra_threads"), job.get("inter_threads"))
+
+
+def make(config, job):
+    return build_bench(config, job, log=lambda message: print(message, file=sys.stderr))
+
+
+if __name__ == "__main__":
+    sys.exit(serve(make, info))
