@@ -69,7 +69,8 @@ def error_row(config, error, batch_size):
 def error_text(e):
     """`Type: the message's most telling line` (XLA's names the unsupported op)."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    telling = [line for line in lines if "unsupported operations" in line or "No registered" in line]
+    telling = [line for line in lines
+               if "unsupported operations" in line or "No registered" in line]
     return f"{type(e).__name__}: {(telling or lines or [''])[0][:400]}"
 
 

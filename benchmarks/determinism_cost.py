@@ -1,6 +1,6 @@
 """What `--deterministic True` costs per training step, against `False`.
 
-    python benchmarks/determinism_cost.py [--arch wrn28_2] [--method hard_patchup]
+    python -m benchmarks.determinism_cost [--arch wrn28_2] [--method hard_patchup]
         [--batch_size 100] [--steps 5] [--windows 7] [--out determinism_cost.json]
 
 Two worker processes, one per setting (op determinism is a process-wide
@@ -22,9 +22,8 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
-from patchup_tf.precision import cpu_model
+from benchmarks.machine import cpu_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,6 +38,7 @@ def worker(args):
 
     from patchup_tf import data as data_lib
     from patchup_tf import models
+    from patchup_tf.steptimer import KerasSteps
     from patchup_tf.training import recipe
 
     keras.utils.set_random_seed(0)
@@ -48,22 +48,14 @@ def worker(args):
     model = models.build(args.arch, datasets.num_classes, args.method, seed=0)
     optimizer, _ = recipe(0.1, 0.9, 1e-4, [10**6], [0.1])
     model.compile(optimizer=optimizer)
-    stream = data_lib.train_epochs(datasets)
-    model.fit(stream, epochs=1, steps_per_epoch=2, verbose=0, shuffle=False)
-    iterator = iter(stream)
-    model.make_train_function()
-    float(model.train_function(iterator)["loss"])
+    steps = KerasSteps(model, data_lib.train_epochs(datasets), warmup=2)
     print(json.dumps({"ready": True, "determinism": bool(args.deterministic)}), flush=True)
     for line in sys.stdin:
         if line.strip() != "window":
             break
-        wall, cpu = time.perf_counter(), time.process_time()
-        for _ in range(args.steps):
-            logs = model.train_function(iterator)
-        float(logs["loss"])
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        print(json.dumps({"img_s": args.steps * args.batch_size / wall,
-                          "cpu_s_per_step": cpu / args.steps}), flush=True)
+        timing = steps.time(args.steps)
+        print(json.dumps({"img_s": args.batch_size / timing.wall_s,
+                          "cpu_s_per_step": timing.cpu_s}), flush=True)
 
 
 def main():
@@ -92,7 +84,7 @@ def main():
     procs = {}
     for setting in (False, True):  # built one after the other: no contention while tracing
         proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), *passed, "--_worker",
+            [sys.executable, "-m", "benchmarks.determinism_cost", *passed, "--_worker",
              "--deterministic", str(int(setting))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
             env=dict(env, TF_ENABLE_ONEDNN_OPTS="0") if setting and args.onednn_off else env)

@@ -12,11 +12,12 @@
 # PreActResNet18 and WRN-28-10 x {vanilla, soft PatchUp, hard PatchUp,
 # mixup} x {float32, mixed_bfloat16, mixed_bfloat16 + XLA, float32 + XLA},
 # and the original's float32 PreActResNet18 step on the same GPU when torch
-# is importable. Groups run one after the other in their own processes,
+# is importable and `--torch_original PATH` names a checkout of it
+# (git clone https://github.com/chandar-lab/PatchUp PATH). Groups run one after the other in their own processes,
 # one configuration at a time, each with a time limit (--config_timeout,
 # 100 s); one that fails is reported and the rest go on; what no longer fits
-# in the budget (GPU_BENCH_BUDGET_S, default 420 s) is reported as skipped. Extra arguments go to benchmarks/gpu_bench.py
-# (e.g. --steps 20 --budget 300 --archs preactresnet18).
+# in the budget (GPU_BENCH_BUDGET_S, default 420 s) is reported as skipped. Extra arguments go to
+# `python -m benchmarks.gpu_bench` (e.g. --steps 20 --budget 300 --archs preactresnet18).
 set -u
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$ROOT/gpu_bench_out}"
@@ -35,9 +36,9 @@ cd "$ROOT" || exit 1
 # A hard stop a little past the budget, whatever happens inside.
 BUDGET="${GPU_BENCH_BUDGET_S:-420}"
 timeout --kill-after=10 "$((BUDGET + 40))" \
-  "$PYTHON" "$ROOT/benchmarks/gpu_bench.py" --out "$OUT" --budget "$BUDGET" "$@"
+  "$PYTHON" -m benchmarks.gpu_bench --out "$OUT" --budget "$BUDGET" "$@"
 status=$?
 if [ "$status" -ne 0 ]; then
-  echo "gpu_bench.py exited with $status; partial results (if any) are in $OUT" >&2
+  echo "benchmarks.gpu_bench exited with $status; partial results (if any) are in $OUT" >&2
 fi
 exit "$status"

@@ -4,12 +4,13 @@ Run by `benchmarks/gpu.sh` (see there). Measures img/s of the training step
 on one GPU for PreActResNet18 and WRN-28-10, per method (vanilla, soft and
 hard PatchUp, mixup), in float32, mixed_bfloat16 and mixed_bfloat16 + XLA
 (then float32 + XLA if time is left), and the original's float32 step when
-torch is importable; writes `gpu_results.json` and `gpu_results.md` to the
+torch is importable and `--torch_original PATH` names a checkout of it
+(see `benchmarks.torch_original`); writes `gpu_results.json` and `gpu_results.md` to the
 output folder.
 
 Each group of configurations (one arch, precision and XLA setting) runs in
-its own worker process (`python -m patchup_tf.benchmark --_worker`, or the
-original's `benchmarks/torch_original/worker.py`), one group at a time, and
+its own worker process (`benchmarks.tf_worker`, or the original's
+`benchmarks.torch_original`), one group at a time, and
 within it one configuration at a time, each with a time limit
 (`--config_timeout`): a configuration that fails or runs out of time gets an
 error row, its worker is replaced and the next one starts. The groups run in
@@ -18,45 +19,22 @@ priority order and what no longer fits in the budget (`--budget`, default
 (trace, compile and `--warmup` steps, not timed), `--windows` windows of
 `--steps` steps each, each window ended by a host sync; the median window.
 
-This script imports neither TensorFlow nor torch itself, so it runs (and
-reports) even where one of them is missing.
+This process imports neither TensorFlow nor torch itself, so it runs (and
+reports) even where one of them is missing: `python -m benchmarks.gpu_bench`.
 """
 
 import argparse
-import datetime
-import importlib.util
-import json
 import os
-import platform
-import shutil
-import statistics
-import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from benchmarks import configs as cfg
+from benchmarks import machine, ratios, tf_worker
+from benchmarks import torch_original as original
+from benchmarks.workers import Worker, WorkerError
 
 METHODS = ("vanilla", "soft_patchup", "hard_patchup", "mixup")
-# The paper's options (patchup_tf.rules), for the original's step, in case
-# patchup_tf cannot be imported here.
-PAPER_OPTIONS = {
-    "vanilla": {},
-    "soft_patchup": {"gamma": 0.75, "patchup_prob": 1.0, "alpha": 2.0, "k": 2,
-                     "loss_params": [1.0, 1.0]},
-    "hard_patchup": {"gamma": 0.5, "patchup_prob": 0.7, "alpha": 2.0, "k": 2,
-                     "loss_params": [1.0, 1.0]},
-    "mixup": {"alpha": 1.0},
-}
-
-
-def load_benchmark_module():
-    """`patchup_tf/benchmark.py` without the package's `__init__` (no TensorFlow)."""
-    path = os.path.join(ROOT, "patchup_tf", "benchmark.py")
-    spec = importlib.util.spec_from_file_location("patchup_benchmark_standalone", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+ERRORS = (WorkerError, OSError, ValueError, KeyError)
 
 
 def plan(archs, torch_ok, methods=METHODS, impls=("tf", "torch")):
@@ -77,28 +55,50 @@ def plan(archs, torch_ok, methods=METHODS, impls=("tf", "torch")):
     return [g for g in groups if g[0] in impls]
 
 
-def nvidia_smi():
-    exe = shutil.which("nvidia-smi")
-    if not exe:
-        return None
+def group_job(group, args):
+    """`(command, configs, label)` of one group."""
+    impl, arch, precision, xla, methods = group
+    if impl == "torch":
+        configs = original.job_configs([arch], methods, args.batch_size)
+        command = original.command(args.torch_original, args.torch_python)
+    else:
+        configs = [cfg.make_config(arch, m, precision, xla) for m in methods]
+        command = tf_worker.command()
+    return command, configs, f"{impl} {arch} {precision} xla={'on' if xla else 'off'}"
+
+
+def _time_config(worker, i, c, args, deadline, log):
+    """Builds, times and frees config `i` in `worker` before `deadline`; its row."""
+    start = time.monotonic()
+
+    def left():
+        return max(1.0, deadline - time.monotonic())
+
+    status = worker.build(i, left())
+    if not status.get("ok"):
+        log(f"    {c['method']}: FAILED {status.get('error')}")
+        return {**c, "error": status.get("error")}
+    for _ in range(args.windows):
+        worker.window(i, args.steps, left())
+    row = {**worker.result(i, left()), "config_s": round(time.monotonic() - start, 1)}
+    log(f"    {c['method']}: {row['img_per_s']:.0f} img/s (build {status['build_s']} s, "
+        f"warm-up {status['warmup_s']} s, {row['config_s']} s in all)")
+    return row
+
+
+def _start_worker(command, job, label, args, end, log):
+    up = time.monotonic()
+    worker = Worker(command, job, env={"TF_FORCE_GPU_ALLOW_GROWTH": "true"}, name=label)
     try:
-        out = subprocess.run([exe, "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
-                              "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
-        return out.stdout.strip() or out.stderr.strip()
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"nvidia-smi failed: {e}"
+        info = worker.ready(max(1.0, min(args.start_timeout, end - time.monotonic())))
+    except ERRORS:
+        worker.kill()
+        raise
+    log(f"    worker up in {time.monotonic() - up:.1f} s: {info.get('info', {})}")
+    return worker
 
 
-def package_version(name):
-    try:
-        import importlib.metadata as md
-
-        return md.version(name)
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def run_group(bench, group, *, args, end, torch_python, log):
+def run_group(group, *, args, end, log):
     """Runs one group's configs one at a time in a worker; returns their rows.
 
     Each config gets at most `--config_timeout` seconds (and never past
@@ -106,108 +106,56 @@ def run_group(bench, group, *, args, end, torch_python, log):
     of time gets an error row, the worker is replaced and the group goes on.
     Configs that no longer fit (less than `--min_config_s` left) are skipped.
     """
-    impl, arch, precision, xla, methods = group
-    configs = [bench.make_config(arch, m, precision, xla, impl=bench.IMPL if impl == "tf"
-                                 else bench.TORCH_IMPL, batchnorm="fused" if impl == "tf" else None)
-               for m in methods]
-    if impl == "torch":
-        try:
-            configs = bench.torch_job_configs(configs)
-        except Exception:  # noqa: BLE001 - patchup_tf not importable here
-            configs = [{**c, "options": PAPER_OPTIONS.get(c["method"], {}), "num_classes": 10}
-                       for c in configs]
-        command = bench.torch_worker_command(torch_python)
-    else:
-        command = bench.tf_worker_command()
-    env = {"TF_FORCE_GPU_ALLOW_GROWTH": "true", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    label = f"{impl} {arch} {precision} xla={'on' if xla else 'off'}"
+    command, configs, label = group_job(group, args)
     job = {"configs": configs, "batch_size": args.batch_size, "warmup": args.warmup,
            "timer": "function", "lazy": True}
     log(f"[group] {label}: {len(configs)} configs, {end - time.monotonic():.0f} s of budget left")
     rows, worker = [], None
-    try:
-        for i, c in enumerate(configs):
-            if end - time.monotonic() < args.min_config_s:
-                rows.append({**c, "skipped": "time budget"})
-                log(f"    {c['method']}: skipped (time budget)")
-                continue
-            try:
-                if worker is None:  # its start (imports, device set-up) has its own limit
-                    up = time.monotonic()
-                    worker = bench.Worker(command, job, env=env, name=label, log=log)
-                    info = worker.ready(max(1.0, min(args.start_timeout,
-                                                     end - time.monotonic()))).get("info", {})
-                    log(f"    worker up in {time.monotonic() - up:.1f} s: {info}")
-            except (bench.WorkerError, OSError, ValueError, KeyError) as e:
-                log(f"    worker failed to start: {e}")
-                rows += [{**other, "error": f"worker failed to start: {str(e)[:300]}"}
-                         for other in configs[i:]]
-                if worker is not None:
-                    worker.kill()
-                worker = None
-                break
-            start = time.monotonic()
-            deadline = min(end, start + args.config_timeout)
-
-            def left():
-                return max(1.0, deadline - time.monotonic())
-
-            try:
-                status = worker.build(i, left())
-                if not status.get("ok"):
-                    rows.append({**c, "error": status.get("error")})
-                    log(f"    {c['method']}: FAILED {status.get('error')}")
-                    continue
-                rates = [worker.window(i, args.steps, left())["img_per_s"]
-                         for _ in range(args.windows)]
-                row = worker.result(i, left())
-                row.update({"img_per_s": statistics.median(rates), "img_per_s_windows": rates,
-                            "step_ms": 1000.0 * args.batch_size / statistics.median(rates),
-                            "config_s": round(time.monotonic() - start, 1)})
-                rows.append(row)
-                log(f"    {c['method']}: {row['img_per_s']:.0f} img/s (build {status['build_s']} s, "
-                    f"warm-up {status['warmup_s']} s, {row['config_s']} s in all)")
-            except (bench.WorkerError, OSError, ValueError, KeyError) as e:
-                rows.append({**c, "error": str(e)[:400]})
-                log(f"    {c['method']}: FAILED {e}")
-                if worker is not None:
-                    worker.kill()
-                worker = None  # a fresh one for the next config
-    finally:
-        if worker is not None:
-            try:
-                worker.finish(10)
-            except (bench.WorkerError, OSError, ValueError):
-                pass
+    for i, c in enumerate(configs):
+        if end - time.monotonic() < args.min_config_s:
+            rows.append({**c, "skipped": "time budget"})
+            log(f"    {c['method']}: skipped (time budget)")
+            continue
+        try:
+            worker = worker or _start_worker(command, job, label, args, end, log)
+        except ERRORS as e:
+            log(f"    worker failed to start: {e}")
+            rows += [{**other, "error": f"worker failed to start: {str(e)[:300]}"}
+                     for other in configs[i:]]
+            return rows
+        try:
+            rows.append(_time_config(worker, i, c, args,
+                                     min(end, time.monotonic() + args.config_timeout), log))
+        except ERRORS as e:
+            rows.append({**c, "error": str(e)[:400]})
+            log(f"    {c['method']}: FAILED {e}")
             worker.kill()
+            worker = None  # a fresh one for the next config
+    if worker is not None:
+        try:
+            worker.finish(10)
+        except ERRORS:
+            pass
+        worker.kill()
     return rows
 
 
 def add_ratios(rows):
-    ok = [r for r in rows if r.get("img_per_s")]
-    for r in ok:
-        base = [v for v in ok if v["method"] == "vanilla" and v["impl"] == r["impl"]
-                and v["arch"] == r["arch"] and v["precision"] == r["precision"]
-                and v["xla"] == r["xla"]]
-        if base:
-            r["x_vanilla"] = r["img_per_s"] / base[0]["img_per_s"]
-        ref = [v for v in ok if v["impl"] == "torch_original" and v["method"] == r["method"]
-               and v["arch"] == r["arch"]]
-        if ref and r["impl"] != "torch_original":
-            r["x_torch"] = r["img_per_s"] / ref[0]["img_per_s"]
-    return rows
+    """`ratio_to_vanilla` and `x_torch_img_per_s` (see `benchmarks.ratios`)."""
+    return ratios.add_ratios({"train": rows})["train"]
 
 
 def markdown(results):
     m = results["machine"]
+    v = m.get("versions", {})
+    st = results["settings"]
     lines = [
         f"# patchup_tf GPU benchmark, {m['date']}",
         "",
-        f"GPU: {m.get('nvidia_smi') or 'unknown'}; host CPU: {m['cpu']}; TF {m.get('tensorflow')}, "
-        f"Keras {m.get('keras')}, torch {m.get('torch')}; batch {results['settings']['batch_size']}, "
-        f"{results['settings']['windows']} windows x {results['settings']['steps']} steps after "
-        f"{results['settings']['warmup']} warm-up steps (median window). "
-        f"Total {results['wall_s']:.0f} s.",
+        f"GPU: {m.get('gpus') or 'unknown'}; host CPU: {m['cpu_model']}; TF {v.get('tensorflow')}, "
+        f"Keras {v.get('keras')}, torch {v.get('torch')}; batch {st['batch_size']}, "
+        f"{st['windows']} windows x {st['steps']} steps after {st['warmup']} warm-up steps "
+        f"(median window). Total {results['wall_s']:.0f} s.",
         "",
         "| arch | impl | method | precision | XLA | img/s | ms/step | x vanilla | x original | "
         "GPU peak MiB | note |",
@@ -219,10 +167,10 @@ def markdown(results):
         lines.append(
             f"| {r['arch']} | {r['impl']} | {r['method']} | {r['precision']} | "
             f"{'on' if r['xla'] else 'off'} | {_f(r.get('img_per_s'), '.0f')} | "
-            f"{_f(r.get('step_ms'), '.1f')} | {_f(r.get('x_vanilla'), '.3f')} | "
-            f"{_f(r.get('x_torch'), '.2f')} | {_f(r.get('gpu_peak_mb'), '.0f')} | {note} |")
-    lines += ["", "x vanilla: img/s over the same impl/arch/precision/XLA's vanilla; x original: "
-              "img/s over the PyTorch original's same method (float32) on the same GPU."]
+            f"{_f(r.get('step_ms'), '.1f')} | {_f(r.get('ratio_to_vanilla'), '.3f')} | "
+            f"{_f(r.get('x_torch_img_per_s'), '.2f')} | {_f(r.get('gpu_peak_mb'), '.0f')} | {note} |")
+    lines += ["", "x vanilla: img/s over the same impl/arch/precision/XLA's vanilla; "
+              "x original: img/s over the PyTorch original's same method (float32) on the same GPU."]
     return "\n".join(lines) + "\n"
 
 
@@ -230,8 +178,9 @@ def _f(value, spec):
     return "-" if value is None else format(value, spec)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _parser():
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_bench",
+                                description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.environ.get("OUT", "gpu_bench_out"))
     p.add_argument("--archs", nargs="+", default=["preactresnet18", "wrn28_10"])
     p.add_argument("--methods", nargs="+", default=list(METHODS))
@@ -250,12 +199,15 @@ def main(argv=None):
                    help="a config starts only with at least this much budget left")
     p.add_argument("--impls", nargs="+", default=["tf", "torch"], choices=("tf", "torch"),
                    help="patchup_tf (tf) and/or the PyTorch original (torch)")
+    p.add_argument("--torch_original", default=None, metavar="PATH",
+                   help=f"a checkout of the PyTorch original ({original.ORIGINAL_URL}); "
+                        "without it the original is not timed")
     p.add_argument("--torch_python", default=None)
-    args = p.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
-    start = time.monotonic()
-    end = start + args.budget
-    log_file = open(os.path.join(args.out, "gpu_log.txt"), "w")
+    return p
+
+
+def _logger(path, start):
+    log_file = open(path, "w")
 
     def log(msg):
         line = f"[{time.monotonic() - start:6.1f}s] {msg}"
@@ -263,31 +215,38 @@ def main(argv=None):
         log_file.write(line + "\n")
         log_file.flush()
 
-    bench = load_benchmark_module()
-    torch_ok, torch_detail = bench.torch_status(args.torch_python)
-    log(f"torch: {'yes' if torch_ok else 'no'} ({torch_detail})")
-    tf_version = package_version("tensorflow")
-    log(f"tensorflow: {tf_version or 'not installed'}")
-    machine = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-               "nvidia_smi": nvidia_smi(), "cpu": bench.cpu_model(), "cores": bench.cpu_count(),
-               "python": platform.python_version(), "tensorflow": tf_version,
-               "keras": package_version("keras"), "torch": package_version("torch")}
-    log(f"machine: {machine}")
-    rows = []
+    return log
+
+
+def _torch_ok(args, log):
+    problem = original.check_checkout(args.torch_original) if "torch" in args.impls else None
+    ok, detail = (False, problem) if problem else original.torch_status(args.torch_python)
+    log(f"torch: {'yes' if ok else 'no'} ({detail})")
+    return ok
+
+
+def main(argv=None):
+    from patchup_tf.files import write_json, write_text
+
+    args = _parser().parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    start = time.monotonic()
+    end = start + args.budget
+    log = _logger(os.path.join(args.out, "gpu_log.txt"), start)
+    torch_ok = _torch_ok(args, log)
+    info = machine.machine_info()
+    log(f"machine: {info}")
+    rows, results = [], None
     for group in plan(args.archs, torch_ok, tuple(args.methods), tuple(args.impls)):
-        rows += run_group(bench, group, args=args, end=end, torch_python=args.torch_python,
-                          log=log)
-        partial = {"machine": machine, "settings": vars(args), "rows": add_ratios(list(rows)),
+        rows += run_group(group, args=args, end=end, log=log)
+        results = {"machine": info, "settings": vars(args), "rows": add_ratios(list(rows)),
                    "wall_s": time.monotonic() - start}
-        with open(os.path.join(args.out, "gpu_results.json"), "w") as f:
-            json.dump(partial, f, indent=2)
-    results = {"machine": machine, "settings": vars(args), "rows": add_ratios(rows),
+        write_json(os.path.join(args.out, "gpu_results.json"), results)
+    results = {"machine": info, "settings": vars(args), "rows": add_ratios(rows),
                "wall_s": time.monotonic() - start}
-    with open(os.path.join(args.out, "gpu_results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    write_json(os.path.join(args.out, "gpu_results.json"), results)
     table = markdown(results)
-    with open(os.path.join(args.out, "gpu_results.md"), "w") as f:
-        f.write(table)
+    write_text(os.path.join(args.out, "gpu_results.md"), table)
     print(table, flush=True)
     log(f"done in {time.monotonic() - start:.0f} s; wrote {args.out}/gpu_results.json, .md")
     return 0

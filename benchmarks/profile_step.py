@@ -1,9 +1,9 @@
 """Where a training step's time goes: TensorFlow's profiler, per op type.
 
-    python benchmarks/profile_step.py --method soft_patchup --precision float32 \
+    python -m benchmarks.profile_step --method soft_patchup --precision float32 \
         --batchnorm fused --steps 3 --out /tmp/profile.json
 
-Builds the model as the benchmark does (`patchup_tf.benchmark.TrainBench`),
+Builds the model as the benchmark does (`benchmarks.train_bench.TrainBench`),
 warms it up, records `--steps` steps with `tf.profiler`, and prints the
 host self time per op type (share of the total), from the profiler's
 `framework_op_stats` tool. The JSON holds every op type's figures.
@@ -54,14 +54,15 @@ def main(argv=None):
 
     import tensorflow as tf
 
-    from patchup_tf.benchmark import TrainBench, make_config
+    from benchmarks.configs import make_config
+    from benchmarks.train_bench import TrainBench
 
     config = make_config(args.arch, args.method, args.precision, args.xla, args.batchnorm)
     bench = TrainBench(config, args.batch_size, warmup=2)
-    bench.window(1)
+    bench.time(1)
     logdir = tempfile.mkdtemp(prefix="patchup_profile_")
     tf.profiler.experimental.start(logdir)
-    bench.window(args.steps)
+    timing = bench.time(args.steps)
     tf.profiler.experimental.stop()
     rows = op_stats(logdir)
     by_type = collections.defaultdict(float)
@@ -71,8 +72,8 @@ def main(argv=None):
     total = sum(by_type.values()) or 1.0
     ranked = sorted(by_type.items(), key=lambda kv: -kv[1])
     print(f"{args.arch} {args.method} {args.precision} bn={args.batchnorm} xla={args.xla} "
-          f"batch {args.batch_size}: {bench.windows[-1]:.1f} img/s, "
-          f"{bench.cpu_step[-1]:.2f} CPU-s/step; op self time over {args.steps} steps "
+          f"batch {args.batch_size}: {args.batch_size / timing.wall_s:.1f} img/s, "
+          f"{timing.cpu_s:.2f} CPU-s/step; op self time over {args.steps} steps "
           f"{total / 1e6:.2f} s")
     for name, us in ranked[:args.top]:
         print(f"  {name:<40}{us / 1e3 / args.steps:>10.1f} ms/step {100 * us / total:>6.1f}%")

@@ -99,8 +99,8 @@ def _mix_ops(results):
     lines = ["PatchUp's own ops alone (mask + pairing + mix, forward and backward, per call; "
              "xla: the same compiled by XLA):"]
     for r in results["mix_ops"]:
-        head = (f"  {r['mode']:<9}{r.get('precision', ''):<15}xla={'on ' if r.get('xla') else 'off'}"
-                f" position {r['position']} {str(r.get('shape', '')):<20}")
+        xla = "on " if r.get("xla") else "off"
+        head = (f"  {r['mode']:<9}{r.get('precision', ''):<15}xla={xla} position {r['position']} {str(r.get('shape', '')):<20}")
         lines.append(f"{head} ERROR {r['error'][:120]}" if r.get("error") else
                      f"{head}{r['ms_per_call']:>8.2f} ms {r['cpu_ms_per_call']:>8.2f} CPU-ms")
     return lines + [""]

@@ -159,7 +159,8 @@ class TorchBench:
         self.torch, self.batch_size = torch, batch_size
         self.config = {**config, "batch_size": batch_size}
         start = time.perf_counter()
-        self.main = load_main(checkout, config["main_args"], f"patchup_original_main_{next(_LOADS)}")
+        self.main = load_main(checkout, config["main_args"],
+                              f"patchup_original_main_{next(_LOADS)}")
         self.device = self.main.device
         self.args = self.main.args
         self.args.num_classes = classes = config.get("num_classes", 10)  # as its main() sets it

@@ -112,8 +112,8 @@ class Worker:
         self.name = name
         self.stderr = tempfile.TemporaryFile(mode="w+")
         path = os.environ.get("PYTHONPATH")
-        child_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-                     "PYTHONUNBUFFERED": "1",
+        child_env = {**os.environ, "PYTHONUNBUFFERED": "1",
+                     "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
                      "PYTHONPATH": ROOT + (os.pathsep + path if path else ""), **(env or {})}
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.stderr, env=child_env, text=True, bufsize=1)
