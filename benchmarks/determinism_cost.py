@@ -58,7 +58,7 @@ def worker(args):
                           "cpu_s_per_step": timing.cpu_s}), flush=True)
 
 
-def main():
+def _parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="wrn28_2")
     p.add_argument("--method", default="hard_patchup")
@@ -72,10 +72,11 @@ def main():
     p.add_argument("--out", default=None, help="also write the results here (JSON)")
     p.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--deterministic", type=int, default=0, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args._worker:
-        return worker(args)
+    return p
 
+
+def _windows(args):
+    """Both workers' window answers, `{False: [...], True: [...]}`, alternated."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT + os.pathsep
                + os.environ.get("PYTHONPATH", ""))
     if not args.gpu:
@@ -101,6 +102,14 @@ def main():
     for proc in procs.values():
         proc.stdin.close()
         proc.wait()
+    return results
+
+
+def main():
+    args = _parser().parse_args()
+    if args._worker:
+        return worker(args)
+    results = _windows(args)
 
     def summary(rows):
         return {"img_s": statistics.median(r["img_s"] for r in rows),

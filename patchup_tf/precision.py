@@ -353,6 +353,43 @@ def resolve_precision(requested="auto", *, arch="preactresnet18", batch_size=100
                 f"{', '.join(PRECISIONS)}. Received: requested={requested!r}"
             )
         return requested
+    choice = _rule(gpus, allow_probe, log)
+    if choice is not None:
+        return choice
+    path = cache_path(cache_dir)
+    key = probe_key(arch=arch, batch_size=batch_size, input_shape=input_shape,
+                    num_classes=num_classes,
+                    model_name=model_name or (None if model_builder is None else
+                                              getattr(model_builder, "__qualname__", "model")))
+    spec = {"arch": arch, "batch_size": batch_size, "input_shape": tuple(input_shape),
+            "num_classes": num_classes, "steps": steps, "warmup": warmup}
+    with _locked(path):
+        entry = None if _probe_setting() == "refresh" else load_cache(path).get(key)
+        if isinstance(entry, dict) and entry.get("choice") in ("float32", "mixed_bfloat16"):
+            detail = _fmt_figures(entry["figures"]) if entry.get("figures") else entry.get("reason")
+            log(f"precision auto: {entry['choice']} (cached probe of {entry.get('date', '?')}: "
+                f"{detail}; {path})")
+            return entry["choice"]
+        log(f"precision auto: timing one {model_name or arch} step (batch {batch_size}) in "
+            "float32 and mixed_bfloat16 on this CPU, once (cached in " + path + ") ...")
+        entry = _measure(spec, probe, model_builder, timeout)
+        entry["key"] = json.loads(key)
+        try:
+            store_entry(path, key, entry)
+        except OSError as e:
+            log(f"precision auto: cannot write the cache {path}: {e}")
+    detail = f"{_fmt_figures(entry['figures'])}; " if entry["figures"] else ""
+    log(f"precision auto: {entry['choice']} ({detail}{entry['reason']})")
+    return entry["choice"]
+
+
+def _probe_setting():
+    return os.environ.get(PROBE_ENV, "").strip().lower()
+
+
+def _rule(gpus, allow_probe, log):
+    """The choice where no measurement is needed (GPUs, CPUs without bfloat16,
+    the probe switched off), else None."""
     caps = gpu_compute_capabilities() if gpus is None else [
         tuple(c) if c is not None else None for c in gpus]
     if caps:
@@ -365,57 +402,34 @@ def resolve_precision(requested="auto", *, arch="preactresnet18", batch_size=100
     if not flags & set(_BF16_FLAGS):
         log("precision auto: float32 (this CPU has no bfloat16 instructions)")
         return "float32"
-    setting = os.environ.get(PROBE_ENV, "").strip().lower()
-    if not allow_probe or setting in ("0", "off", "false", "no"):
+    if not allow_probe or _probe_setting() in ("0", "off", "false", "no"):
         choice = _no_probe_rule(flags)
         log(f"precision auto: {choice} (no probe; bfloat16 on CPUs with AMX tiles only)")
         return choice
-    path = cache_path(cache_dir)
-    key = probe_key(arch=arch, batch_size=batch_size, input_shape=input_shape,
-                    num_classes=num_classes,
-                    model_name=model_name or (None if model_builder is None else
-                                              getattr(model_builder, "__qualname__", "model")))
-    refresh = setting == "refresh"
-    with _locked(path):
-        entry = None if refresh else load_cache(path).get(key)
-        if isinstance(entry, dict) and entry.get("choice") in ("float32", "mixed_bfloat16"):
-            detail = _fmt_figures(entry["figures"]) if entry.get("figures") else entry.get("reason")
-            log(f"precision auto: {entry['choice']} (cached probe of {entry.get('date', '?')}: "
-                f"{detail}; {path})")
-            return entry["choice"]
-        spec = {"arch": arch, "batch_size": batch_size, "input_shape": tuple(input_shape),
-                "num_classes": num_classes, "steps": steps, "warmup": warmup}
-        log(f"precision auto: timing one {model_name or arch} step (batch {batch_size}) in "
-            "float32 and mixed_bfloat16 on this CPU, once (cached in " + path + ") ...")
-        start = time.perf_counter()
-        try:
-            if probe is not None:
-                figures = probe(**spec)
-            elif model_builder is not None:
-                figures = probe_builder(model_builder, batch_size=batch_size,
-                                        input_shape=input_shape, num_classes=num_classes,
-                                        steps=steps, warmup=warmup)
-            else:
-                figures = probe_subprocess(timeout=timeout, **spec)
-            choice = decide(figures)
-            reason = (f"measured: bfloat16 {'is' if choice == 'mixed_bfloat16' else 'is not'} "
-                      f">= {SPEEDUP_MARGIN:.2f}x faster with no more CPU")
-        except Exception as e:  # noqa: BLE001 - a failed probe must not stop training
-            figures = None
-            choice = _no_probe_rule(flags)
-            reason = f"probe failed ({type(e).__name__}: {str(e)[:200]}); AMX rule"
-        entry = {"choice": choice, "figures": figures, "reason": reason,
-                 "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                 "probe_s": round(time.perf_counter() - start, 1), "key": json.loads(key)}
-        try:
-            store_entry(path, key, entry)
-        except OSError as e:
-            log(f"precision auto: cannot write the cache {path}: {e}")
-    if figures:
-        log(f"precision auto: {choice} ({_fmt_figures(figures)}; {reason})")
-    else:
-        log(f"precision auto: {choice} ({reason})")
-    return choice
+    return None
+
+
+def _measure(spec, probe, model_builder, timeout):
+    """The cache entry of one measurement (the AMX rule if it fails)."""
+    start = time.perf_counter()
+    try:
+        if probe is not None:
+            figures = probe(**spec)
+        elif model_builder is not None:
+            figures = probe_builder(model_builder,
+                                    **{k: v for k, v in spec.items() if k != "arch"})
+        else:
+            figures = probe_subprocess(timeout=timeout, **spec)
+        choice = decide(figures)
+        reason = (f"measured: bfloat16 {'is' if choice == 'mixed_bfloat16' else 'is not'} "
+                  f">= {SPEEDUP_MARGIN:.2f}x faster with no more CPU")
+    except Exception as e:  # noqa: BLE001 - a failed probe must not stop training
+        figures = None
+        choice = _no_probe_rule(cpu_flags())
+        reason = f"probe failed ({type(e).__name__}: {str(e)[:200]}); AMX rule"
+    return {"choice": choice, "figures": figures, "reason": reason,
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "probe_s": round(time.perf_counter() - start, 1)}
 
 
 # --------------------------------------------------------- float32 logits

@@ -1,6 +1,7 @@
-"""The speed benchmark: `scripts/benchmark.py --tiny` runs, its JSON is complete,
-and the worker coordination (`--against-torch`, `--worker_env`, `--isolate`)
-works, with fake workers where torch is not installed."""
+"""The speed benchmark (`python -m benchmarks`): a `--tiny` run and its JSON,
+the worker protocol (fake workers, and a small torch model), the PyTorch
+original's glue against a fake checkout, ratios and the table, the CLI's
+checks, and the GPU script without TensorFlow."""
 
 import json
 import os
@@ -10,15 +11,16 @@ import textwrap
 
 import pytest
 
-from patchup_tf import benchmark
+from benchmarks import configs, machine, ratios, report, run
+from benchmarks import torch_original as original
+from benchmarks.interleave import bench_workers, run_isolated
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "scripts", "benchmark.py")
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 
 
-def run_script(out, *args, timeout=600):
-    proc = subprocess.run([sys.executable, SCRIPT, "--tiny", "--out", str(out), *args],
+def run_cli(out, *args, timeout=600):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--tiny", "--out", str(out), *args],
                           capture_output=True, text=True, timeout=timeout, env=ENV, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out) as f:
@@ -28,30 +30,32 @@ def run_script(out, *args, timeout=600):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Runs the CI configuration once: `--tiny` (vanilla + soft_patchup, batch 8)."""
-    results, stdout, _ = run_script(tmp_path_factory.mktemp("bench") / "tiny.json")
+    results, stdout, _ = run_cli(tmp_path_factory.mktemp("bench") / "tiny.json")
     return results, stdout
 
 
 def test_tiny_machine_and_settings(tiny):
     results, _ = tiny
-    machine = results["machine"]
-    for key in ("date", "cpu_model", "cores", "tensorflow", "keras", "gpus"):
-        assert key in machine
-    assert machine["cores"] >= 1
+    m = results["machine"]
+    for key in ("date", "cpu_model", "cores", "versions", "gpus", "env"):
+        assert key in m
+    assert m["cores"] >= 1 and m["versions"]["tensorflow"] and m["versions"]["keras"]
+    assert results["tf"]["tensorflow"] == m["versions"]["tensorflow"]
     assert results["settings"]["tiny"] is True
-    assert results["settings"]["batch_size"] == benchmark.TINY["batch_size"]
+    assert results["settings"]["batch_size"] == configs.TINY["batch_size"]
     assert results["settings"]["mode"] == "in-process"
 
 
 def test_tiny_train_rows(tiny):
     results, _ = tiny
     rows = results["train"]
-    assert [r["method"] for r in rows] == list(benchmark.TINY["methods"])
+    assert [r["method"] for r in rows] == list(configs.TINY["methods"])
     for r in rows:
         assert "error" not in r, r
-        assert r["img_per_s"] > 0 and r["step_ms"] > 0
-        assert len(r["img_per_s_windows"]) == benchmark.TINY["windows"]
+        assert r["img_per_s"] > 0 and r["step_ms"] > 0 and r["cpu_s_per_step"] > 0
+        assert len(r["img_per_s_windows"]) == configs.TINY["windows"]
         assert all(v > 0 for v in r["img_per_s_windows"])
+        assert r["step_ms"] == pytest.approx(1000.0 * r["batch_size"] / r["img_per_s"])
         assert r["precision"] == "float32" and r["xla"] is False
         assert r["batchnorm"] == "fused" and r["input"] == "batches" and r["impl"] == "patchup_tf"
         assert r["logits_dtype"] == "float32"
@@ -61,18 +65,17 @@ def test_tiny_train_rows(tiny):
         assert r["tf_function_traces"] >= 1
         assert r["peak_rss_mb"] > 0
     assert rows[0]["ratio_to_vanilla"] == pytest.approx(1.0)
-    assert "meets_patchup_target" in rows[1] and "meets_patchup_cpu_target" in rows[1]
+    # Ratios only: no grading against targets in the results.
+    assert not any(k.startswith("meets_") or "target" in k for r in rows for k in r)
 
 
 def test_tiny_pipeline_rows_use_the_trainer_stream(tiny):
     results, _ = tiny
-    kinds = [p["pipeline"] for p in results["pipeline"]]
-    assert kinds == ["digits", "synthetic"]
+    assert [p["pipeline"] for p in results["pipeline"]] == ["digits", "synthetic"]
     for p in results["pipeline"]:
         assert "error" not in p, p
         assert "train_epochs" in p["name"]
-        assert p["img_per_s"] > 0
-        assert p["ratio_to_fastest_model"] > 0
+        assert p["img_per_s"] > 0 and p["ratio_to_fastest_model"] > 0
         assert p["cpu_ms_per_batch"] >= 0
     assert results["fastest_train_config"]["img_per_s"] > 0
 
@@ -82,34 +85,24 @@ def test_tiny_prints_table(tiny):
     assert "x van" in stdout and "soft_patchup" in stdout and "img/s" in stdout
 
 
-def test_workers_batchnorms_trainer_input_mix_ops_and_torch(tmp_path):
-    """`--against-torch` (skipped without torch) moves the configs to a worker;
-    both BatchNorm kinds; the trainer's stream as input; the mixing ops."""
+def test_workers_batchnorms_trainer_input_and_mix_ops(tmp_path):
+    """`--workers` moves the configs to a worker; both BatchNorm kinds; the
+    trainer's stream as input; the mixing ops."""
     args = ["--methods", "soft_patchup", "--batchnorm", "fused", "keras", "--input", "trainer",
-            "--against-torch", "--mix_ops", "--pipelines"]
-    results, stdout, _ = run_script(tmp_path / "w.json", *args)
+            "--workers", "--mix_ops", "--pipelines"]
+    results, stdout, _ = run_cli(tmp_path / "w.json", *args)
     assert results["settings"]["mode"] == "workers"
-    ours = [r for r in results["train"] if r["impl"] == "patchup_tf"]
-    assert [(r["batchnorm"], r["input"]) for r in ours] == [("fused", "trainer"),
+    rows = results["train"]
+    assert [(r["batchnorm"], r["input"]) for r in rows] == [("fused", "trainer"),
                                                             ("keras", "trainer")]
-    for r in ours:
+    for r in rows:
         assert "error" not in r, r
         assert r["img_per_s"] > 0 and r["cpu_s_per_step"] > 0 and r["retraces"] == 0
         assert r["input_name"] == "train_epochs"
-        assert len(r["img_per_s_windows"]) == benchmark.TINY["windows"]
+        assert len(r["img_per_s_windows"]) == configs.TINY["windows"]
         assert r["process_peak_rss_mb"] > 0
-    (worker,) = [w for w in results["workers"] if w["name"] == "patchup_tf"]
-    assert worker["tensorflow"]
-    torch_rows = [r for r in results["train"] if r["impl"] == "torch_original"]
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        assert torch_rows == [] and results["torch_skipped"]
-        assert "PyTorch original: skipped" in stdout
-    else:
-        assert torch_rows and all("error" not in r for r in torch_rows)
-        assert ours[0]["x_torch_img_per_s"] > 0
-        assert [m["impl"] for m in results["memory"]] == ["patchup_tf", "torch_original"]
+    (worker,) = results["workers"]
+    assert worker["name"] == "patchup_tf" and worker["tensorflow"]
     modes = {(r["mode"], r["position"], r["xla"]) for r in results["mix_ops"]}
     assert modes == {(m, p, x) for m in ("identity", "soft", "hard") for p in (1, 2, 3, 4)
                      for x in (False, True)}
@@ -120,7 +113,7 @@ def test_workers_batchnorms_trainer_input_mix_ops_and_torch(tmp_path):
 def test_isolate_with_environment_variants(tmp_path):
     args = ["--methods", "vanilla", "--isolate", "--pipelines",
             "--worker_env", "TF_ENABLE_ONEDNN_OPTS=0", "TF_ENABLE_ONEDNN_OPTS=1"]
-    results, _, _ = run_script(tmp_path / "i.json", *args)
+    results, _, _ = run_cli(tmp_path / "i.json", *args)
     rows = results["train"]
     assert [r["variant"] for r in rows] == ["TF_ENABLE_ONEDNN_OPTS=0", "TF_ENABLE_ONEDNN_OPTS=1"]
     for r in rows:
@@ -130,10 +123,47 @@ def test_isolate_with_environment_variants(tmp_path):
         assert r["ratio_to_vanilla"] == pytest.approx(1.0)
 
 
-def test_bad_environment_variant():
+def test_environment_variants():
     with pytest.raises(ValueError, match="KEY=VALUE"):
-        benchmark._parse_env("TF_ENABLE_ONEDNN_OPTS")
-    assert benchmark._parse_env("A=1, B=x=y") == {"A": "1", "B": "x=y"}
+        configs.parse_env("TF_ENABLE_ONEDNN_OPTS")
+    assert configs.parse_env("A=1, B=x=y") == {"A": "1", "B": "x=y"}
+    assert configs.env_variants([]) == [("", {})]
+
+
+# ------------------------------------------------------------- the CLI's checks
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "nosuch"], "argument `methods`"),
+    (["--batchnorm", "bogus"], "argument `batchnorms`"),
+    (["--worker_env", "NOEQUALS"], "KEY=VALUE"),
+    (["--against-torch"], "--torch_original PATH"),
+    (["--against-torch", "--torch_original", "/no/such/checkout"], "argument `torch_original`"),
+])
+def test_cli_rejects_bad_arguments_with_exit_2(capsys, argv, message):
+    assert run.main(["--tiny", "--pipelines", "--out", "", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    if "--torch_original PATH" in message:
+        assert "git clone https://github.com/chandar-lab/PatchUp PATH" in err
+
+
+@pytest.mark.parametrize("argv", [["--steps", "0"], ["--windows", "-1"], ["--batch_size", "x"],
+                                  ["--precisions", "float64"], ["--input", "disk"]])
+def test_cli_parser_rejects_bad_values(capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(argv)
+    assert exit_info.value.code == 2
+    assert "invalid" in capsys.readouterr().err
+
+
+def test_cli_options_take_the_preset_where_not_given():
+    args = run.build_parser().parse_args(["--tiny", "--steps", "4"])
+    options = run.options_from_args(args)
+    assert options["steps"] == 4 and options["windows"] == configs.TINY["windows"]
+    assert options["methods"] == configs.TINY["methods"] and set(options) <= set(run.DEFAULTS)
+    full = run.options_from_args(run.build_parser().parse_args([]))
+    assert full["batch_size"] == configs.FULL["batch_size"]
+    with pytest.raises(TypeError, match="nosuch"):
+        run.run_benchmark(nosuch=1)
 
 
 # ----------------------------------------------------- workers, faked
@@ -157,10 +187,11 @@ FAKE_WORKER = textwrap.dedent('''
         if cmd["cmd"] == "window":
             with open(log, "a") as f:
                 f.write(f"{job['configs'][cmd['config']]['method']}@{behaviour}\\n")
-            out.write(json.dumps({"img_per_s": rate, "wall_s": 1.0,
-                                  "cpu_s": 2.0 * cmd["steps"] / rate, "peak_rss_mb": 10}) + "\\n")
+            wall = job["batch_size"] / rate
+            out.write(json.dumps({"img_per_s": rate, "wall_s": wall, "cpu_s": 2.0 * wall,
+                                  "peak_rss_mb": 10}) + "\\n")
         else:
-            results = [{**c, "img_per_s": rate, "peak_rss_mb": 10} for c in job["configs"]]
+            results = [{**c, "peak_rss_mb": 10} for c in job["configs"]]
             out.write(json.dumps({"results": results, "process_peak_rss_mb": 12}) + "\\n")
             break
 ''')
@@ -179,7 +210,7 @@ def fake(tmp_path):
 
 
 def _configs(impl, *methods):
-    return [benchmark.make_config("preactresnet18", m, "float32", False, impl=impl)
+    return [configs.make_config("preactresnet18", m, "float32", False, impl=impl)
             for m in methods]
 
 
@@ -187,7 +218,7 @@ def test_workers_interleave_windows_and_collect_rows(fake):
     command, log = fake
     ours = _configs("patchup_tf", "vanilla", "soft_patchup")
     theirs = _configs("torch_original", "soft_patchup")
-    rows, info = benchmark.bench_workers(
+    rows, info = bench_workers(
         [(command("100"), {"X": "1"}, ours, "patchup_tf"),
          (command("50"), {}, theirs, "torch_original")],
         batch_size=4, steps=2, warmup=1, windows=3, log=lambda m: None)
@@ -200,56 +231,267 @@ def test_workers_interleave_windows_and_collect_rows(fake):
     assert order[0] != order[3]  # the order rotates
     assert [r["impl"] for r in rows] == ["patchup_tf", "patchup_tf", "torch_original"]
     assert [r["img_per_s"] for r in rows] == [100.0, 100.0, 50.0]
-    assert rows[2]["cpu_s_per_step"] == pytest.approx(2.0 / 50)
+    assert rows[2]["cpu_s_per_step"] == pytest.approx(2.0 * 4 / 50)
+    assert rows[2]["cpu_util_windows"] == [2.0] * 3
     assert all(r["process_peak_rss_mb"] > 0 for r in rows)
     assert info[0]["env"] == {"X": "1"} and info[0]["fake"] is True
 
 
 def test_a_failing_worker_does_not_stop_the_others(fake):
     command, _ = fake
-    rows, info = benchmark.bench_workers(
+    rows, info = bench_workers(
         [(command("crash"), {}, _configs("torch_original", "vanilla"), "crashes"),
          (command("7"), {}, _configs("patchup_tf", "bad", "vanilla"), "ok"),
          (command("hang"), {}, _configs("patchup_tf", "vanilla"), "hangs")],
         batch_size=4, steps=1, warmup=1, windows=2, start_timeout=5, log=lambda m: None)
     assert "cannot start" in rows[0]["error"]
     assert "bad method" in rows[1]["error"]
-    assert rows[2]["img_per_s"] == 7.0 and "error" not in rows[2]
+    assert rows[2]["img_per_s"] == pytest.approx(7.0) and "error" not in rows[2]
     assert "no answer within 5 s" in rows[3]["error"]
     assert [bool(i.get("error")) for i in info] == [True, False, True]
 
 
 def test_run_isolated_reports_the_childs_peak(fake):
     command, _ = fake
-    row = benchmark.run_isolated(_configs("torch_original", "soft_patchup")[0], command=command("3"),
-                                 batch_size=4, steps=1, warmup=1, windows=1, log=lambda m: None)
-    assert row["img_per_s"] == 3.0 and row["peak_rss_mb"] > 0 and "wait4" in row["rss_scope"]
+    row = run_isolated(_configs("torch_original", "soft_patchup")[0], command("3"),
+                       batch_size=4, steps=1, warmup=1, windows=1, log=lambda m: None)
+    assert row["img_per_s"] == pytest.approx(3.0)
+    assert row["peak_rss_mb"] > 0 and "wait4" in row["rss_scope"]
+
+
+# --------------------------------------- the protocol, with a small torch model
+TORCH_WORKER = textwrap.dedent('''
+    """A worker timing a small torch model's SGD steps with the shared protocol."""
+    import sys
+
+    import torch
+
+    from benchmarks.windows import Timed
+    from benchmarks.workers import serve
+    from patchup_tf.steptimer import time_steps
+
+
+    class Bench:
+        def __init__(self, config, batch_size):
+            if config["method"] == "bad":
+                raise ValueError("no such method")
+            torch.manual_seed(0)
+            self.config, self.batch_size = dict(config), batch_size
+            self.model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1)
+            self.x = torch.randn(batch_size, 3, 2, 2)
+            self.y = torch.randint(0, 3, (batch_size,))
+            self.losses, self.build_s, self.warmup_s = [], 0.0, 0.0
+
+        def step(self):
+            self.optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(self.model(self.x), self.y)
+            loss.backward()
+            self.optimizer.step()
+            self.losses.append(float(loss))
+
+        def time(self, steps):
+            return time_steps(self.step, steps)
+
+        def result(self):
+            return {**self.config, "losses": self.losses}
+
+        def close(self):
+            self.model = None
+
+
+    def make(config, job):
+        try:
+            return Timed(Bench(config, job["batch_size"])), None
+        except ValueError as e:
+            return None, f"ValueError: {e}"
+
+
+    sys.exit(serve(make, lambda job: {"torch": torch.__version__}))
+''')
+
+
+def test_worker_protocol_with_a_small_torch_model(tmp_path):
+    torch = pytest.importorskip("torch", reason="the worker trains a torch model")
+    script = tmp_path / "torch_worker.py"
+    script.write_text(TORCH_WORKER)
+    command = [sys.executable, str(script)]
+    rows, info = bench_workers([(command, {}, _configs("torch_original", "vanilla", "bad"),
+                                 "torch")], batch_size=6, steps=4, warmup=1, windows=3,
+                               log=lambda m: None)
+    good, bad = rows
+    assert "no such method" in bad["error"]
+    assert "error" not in good, good
+    assert len(good["img_per_s_windows"]) == 3 and good["img_per_s"] > 0
+    assert good["cpu_s_per_step"] >= 0 and good["peak_rss_mb"] > 0
+    losses = good["losses"]
+    assert len(losses) == 12  # 3 windows x 4 steps, all timed steps ran
+    assert losses[-1] < losses[0]  # a fixed batch: SGD lowers its loss
+    assert info[0]["torch"] == torch.__version__ and "env" in info[0]
+
+
+# ------------------------------------------ the PyTorch original, a fake checkout
+FAKE_MAIN = textwrap.dedent('''
+    """A stand-in for the original's main.py: its names, its module-level
+    argument parsing, an `np.int` call and a top-k `.view(-1)` that current
+    NumPy / PyTorch refuse, as the original has."""
+    import argparse, json, os
+
+    import numpy as np
+    import torch
+
+    import models
+    from modules.patchup import PatchUpMode
+
+    device = torch.device("cpu")
+    parser = argparse.ArgumentParser()
+    for flag, kind, default in (("--train", str, "vanilla"), ("--arch", str, "preactresnet18"),
+                                ("--patchup_type", str, "soft"), ("--gamma", float, 0.9),
+                                ("--patchup_prob", float, 0.7), ("--alpha", float, 0.0),
+                                ("--k", int, 2), ("--cutmix_prob", float, 0.5),
+                                ("--patchup_block", int, 7), ("--drop_block", int, 7),
+                                ("--keep_prob", float, 0.9), ("--batch_size", int, 100),
+                                ("--learning_rate", float, 0.1), ("--momentum", float, 0.9),
+                                ("--decay", float, 0.0001)):
+        parser.add_argument(flag, type=kind, default=default)
+    parser.add_argument("--loss_params", type=int, nargs="+", default=[1, 1])
+    parser.add_argument("--dropout", action="store_true", default=False)
+    args = parser.parse_args()
+    args.patchup_type = PatchUpMode.SOFT if args.patchup_type == "soft" else PatchUpMode.HARD
+
+
+    def accuracy(output, target, topk=(1,)):
+        _, pred = output.topk(max(topk), 1, True, True)
+        correct = pred.t().eq(target.view(1, -1).expand_as(pred.t()))
+        return [correct[:k].view(-1).float().sum(0) * (100.0 / target.size(0)) for k in topk]
+
+
+    def train(train_loader, model, optimizer, epoch, args, log):
+        model.train()
+        for i, (input, target) in enumerate(train_loader):
+            output = model(input)
+            loss = torch.nn.functional.cross_entropy(output, target)
+            prec1, prec5 = accuracy(output, target, topk=(1, 5))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            np.int(3.0)
+        with open(os.environ["FAKE_LOG"], "a") as f:
+            f.write(json.dumps({"train": args.train, "steps": len(train_loader),
+                                "type": args.patchup_type.value, "gamma": args.gamma,
+                                "prob": args.patchup_prob, "alpha": args.alpha,
+                                "block": args.patchup_block, "loss_params": args.loss_params,
+                                "classes": args.num_classes,
+                                "prec1": float(prec1), "prec5": float(prec5)}) + "\\n")
+        return 0.0, 0.0, float(loss)
+''')
+FAKE_MODELS = textwrap.dedent('''
+    from .preresnet import preactresnet18
+''')
+FAKE_PRERESNET = textwrap.dedent('''
+    import torch
+
+
+    def preactresnet18(num_classes=10, dropout=False, per_img_std=False, stride=1, drop_block=7,
+                       keep_prob=.9, gamma=.9, patchup_block=7):
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, num_classes))
+''')
+FAKE_PATCHUP = textwrap.dedent('''
+    from enum import Enum
+
+
+    class PatchUpMode(Enum):
+        SOFT = "soft"
+        HARD = "hard"
+''')
+
+
+@pytest.fixture
+def fake_checkout(tmp_path):
+    root = tmp_path / "PatchUp"
+    for path, text in (("main.py", FAKE_MAIN), ("models/__init__.py", FAKE_MODELS),
+                       ("models/preresnet.py", FAKE_PRERESNET),
+                       ("modules/__init__.py", ""), ("modules/patchup.py", FAKE_PATCHUP)):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    return root
+
+
+def test_the_original_runs_from_a_checkout(fake_checkout, tmp_path):
+    """Each config loads the checkout's main.py with its own flags; its `train`
+    runs `steps` steps per window; `np.int` and the top-k `view` are patched."""
+    pytest.importorskip("torch", reason="the original's worker needs torch")
+    log = tmp_path / "calls.jsonl"
+    jobs = original.job_configs(["preactresnet18"], ["soft_patchup", "mixup", "cutout"], 4)
+    assert [c["method"] for c in jobs] == ["soft_patchup", "mixup"]  # it has no cutout here
+    rows, info = bench_workers([(original.command(str(fake_checkout)), {"FAKE_LOG": str(log)},
+                                 jobs, "torch_original")],
+                               batch_size=4, steps=3, warmup=2, windows=2, log=lambda m: None)
+    for r in rows:
+        assert "error" not in r, r
+        assert r["impl"] == "torch_original" and r["img_per_s"] > 0 and r["device"] == "cpu"
+        assert len(r["img_per_s_windows"]) == 2
+    assert info[0]["checkout"] == str(fake_checkout) and info[0]["torch"]
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    # per config: the warm-up call (2 steps), then 2 windows of 3 steps
+    soft = [c for c in calls if c["train"] == "patchup"]
+    mixup = [c for c in calls if c["train"] == "mixup"]
+    assert [c["steps"] for c in soft] == [2, 3, 3] and [c["steps"] for c in mixup] == [2, 3, 3]
+    assert soft[0]["type"] == "soft" and soft[0]["gamma"] == 0.75 and soft[0]["prob"] == 1.0
+    assert soft[0]["block"] == 7 and soft[0]["loss_params"] == [1, 1] and soft[0]["alpha"] == 0.0
+    assert mixup[0]["alpha"] == 1.0 and soft[0]["classes"] == 10
+    assert all(0.0 <= c["prec1"] <= c["prec5"] <= 100.0 for c in calls)
+
+
+def test_a_broken_checkout_is_reported_per_config(tmp_path):
+    pytest.importorskip("torch", reason="the original's worker needs torch")
+    root = tmp_path / "broken"
+    (root / "models").mkdir(parents=True)
+    (root / "modules").mkdir()
+    (root / "main.py").write_text("import no_such_requirement_of_the_original\n")
+    rows, _ = bench_workers([(original.command(str(root)), {},
+                              original.job_configs(["preactresnet18"], ["vanilla"], 4), "t")],
+                            batch_size=4, steps=1, warmup=1, windows=1, log=lambda m: None)
+    assert "no_such_requirement_of_the_original" in rows[0]["error"]
+    assert "pip install" in rows[0]["error"]
+
+
+def test_checkout_checks(fake_checkout, tmp_path):
+    assert original.check_checkout(str(fake_checkout)) is None
+    assert original.check_checkout(None) == original.MISSING_PATH
+    (fake_checkout / "modules" / "patchup.py").unlink()
+    problem = original.check_checkout(str(fake_checkout))
+    assert "argument `torch_original`" in problem and "patchup.py" in problem
+
+
+def test_main_py_flags_carry_the_paper_options():
+    soft = original.main_args("soft_patchup", 100)
+    assert soft[:4] == ["--train", "patchup", "--patchup_type", "soft"]
+    flags = dict(zip(soft[4::2], soft[5::2]))
+    assert flags["--gamma"] == "0.75" and flags["--patchup_prob"] == "1" and flags["--k"] == "2"
+    assert flags["--patchup_block"] == "7" and flags["--batch_size"] == "100"
+    assert soft[soft.index("--loss_params") + 1:soft.index("--loss_params") + 3] == ["1", "1"]
+    assert "--alpha" not in soft  # the original's PatchUp draws its own lam
+    hard = original.main_args("hard_patchup")
+    assert hard[hard.index("--patchup_prob") + 1] == "0.7"
+    assert original.main_args("mixup")[-2:] == ["--alpha", "1"]
 
 
 def test_torch_status_without_torch(monkeypatch):
-    monkeypatch.setattr(benchmark.importlib.util, "find_spec", lambda name: None)
-    ok, detail = benchmark.torch_status()
+    monkeypatch.setattr(original.importlib.util, "find_spec", lambda name: None)
+    ok, detail = original.torch_status()
     assert not ok and "pip install torch" in detail
-    ok, detail = benchmark.torch_status(os.path.join(ROOT, "no", "such", "python"))
+    ok, detail = original.torch_status(os.path.join(ROOT, "no", "such", "python"))
     assert not ok
 
 
-def test_torch_job_configs_carry_the_paper_options():
-    (soft, hard) = benchmark.torch_job_configs(_configs("torch_original", "soft_patchup",
-                                                        "hard_patchup"))
-    assert soft["options"]["gamma"] == pytest.approx(0.75)
-    assert soft["options"]["patchup_prob"] == pytest.approx(1.0)
-    assert hard["options"]["patchup_prob"] == pytest.approx(0.7)
-    assert soft["options"]["k"] == 2 and soft["num_classes"] == 10
-
-
-@pytest.mark.skipif(not os.path.exists(os.path.join(benchmark.TORCH_DIR, "worker.py")),
-                    reason="no vendored original")
-def test_vendored_original_keeps_its_license():
-    with open(os.path.join(benchmark.TORCH_DIR, "patchup_original.py")) as f:
-        head = f.read(3000)
-    assert "MIT License" in head and "Copyright (c) 2020 chandar-lab" in head
-    assert "github.com/chandar-lab/PatchUp" in head
+def test_nothing_of_the_original_is_kept_here():
+    for folder, _, files in os.walk(os.path.join(ROOT, "benchmarks")):
+        for name in files:
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name)) as f:
+                    text = f.read()
+                assert "class PatchUp(nn.Module)" not in text and "Copyright (c) 2020" not in text
 
 
 # ------------------------------------------------------------ ratios, table
@@ -263,9 +505,8 @@ def _row(impl, method, precision, rate, cpu, xla=False):
 
 def fake_results():
     return {
-        "machine": {"date": "d", "cpu_model": "cpu", "cpu_flags": [], "cores": 2, "gpus": [],
-                    "python": "3", "tensorflow": "2", "keras": "3", "intra_op_threads": 0,
-                    "inter_op_threads": 0, "env": {}},
+        "machine": {"date": "d", "cpu_model": "cpu", "cpu_flags": [], "cores": 2, "gpus": None,
+                    "python": "3", "versions": {"tensorflow": "2", "keras": "3"}, "env": {}},
         "settings": {"batch_size": 4, "steps": 1, "windows": 1, "warmup": 1,
                      "timer": "function", "isolate": False, "rss_scope": "process",
                      "mode": "workers"},
@@ -290,46 +531,49 @@ def fake_results():
     }
 
 
-def test_ratios_and_table_from_fake_results():
-    results = benchmark.add_ratios(fake_results())
+def test_ratios_and_table_from_fake_results(tmp_path):
+    results = ratios.add_ratios(fake_results())
     v32, soft32, hard32, v16, soft16, tv, tsoft, thard = results["train"][:8]
     assert soft32["ratio_to_vanilla"] == pytest.approx(0.96)
-    assert soft32["meets_patchup_target"] is True  # 1/0.96 = +4.2%
-    assert soft32["meets_patchup_cpu_target"] is True  # +3%
-    assert hard32["meets_patchup_target"] is False  # +11%
+    assert soft32["overhead_vs_vanilla"] == pytest.approx(1 / 0.96 - 1)
+    assert soft32["cpu_overhead_vs_vanilla"] == pytest.approx(0.03)
+    assert hard32["overhead_vs_vanilla"] == pytest.approx(1 / 0.9 - 1)
     assert soft16["ratio_to_vanilla"] == pytest.approx(4.0)  # bf16 vanilla is its baseline
     assert tsoft["ratio_to_vanilla"] == pytest.approx(60 / 70)  # the original's own baseline
-    assert "meets_patchup_target" not in tsoft
-    # against the original (same method, float32)
+    # against the original (same method)
     assert soft32["x_torch_img_per_s"] == pytest.approx(96 / 60)
     assert soft32["x_torch_cpu"] == pytest.approx(4.2 / 3.09)
-    assert soft32["meets_torch_target"] is True  # 1.6 >= 1.2
     assert hard32["x_torch_img_per_s"] == pytest.approx(90 / 80)
-    assert hard32["meets_torch_target"] is False  # 1.125 < 1.2
     assert soft16["x_torch_img_per_s"] == pytest.approx(200 / 60)
-    assert soft16["torch_target"] == 2.5 and soft16["meets_torch_target"] is True
-    assert "meets_torch_target" not in v32 and v32["x_torch_img_per_s"] == pytest.approx(100 / 70)
+    assert v32["x_torch_img_per_s"] == pytest.approx(100 / 70)
+    assert "x_torch_img_per_s" not in tsoft
     assert results["memory"][0]["x_torch_peak_rss"] == pytest.approx(1.25)
     # the fastest of ours (not the original's) sets the pipeline ratio
     assert results["fastest_train_config"]["img_per_s"] == 200.0
     assert results["pipeline"][0]["ratio_to_fastest_model"] == pytest.approx(30.0)
-    assert results["pipeline"][0]["meets_pipeline_target"] is True
-    table = benchmark.format_table(results)
+    table = report.format_table(results)
     assert "ERROR" in table and "x30" in table and "torch_original" in table
-    assert ">=1.2x torch NO" in table and ">=2.5x torch ok" in table
-    assert "x1.25 the original's" in table
+    assert "x1.25 the original's" in table and " 1.60 " in table
+    for grade in (" ok", " NO", "target", "BELOW"):
+        assert grade not in table
+    report.write_results(str(tmp_path / "r.json"), results)
+    assert json.loads((tmp_path / "r.json").read_text())["train"][1]["ratio_to_vanilla"] == 0.96
 
 
-def test_old_style_config_tuples_still_work():
-    c = benchmark.as_config(("wrn28_2", "mixup", "mixed_bfloat16", True))
+def test_config_tuples_and_labels():
+    c = configs.as_config(("wrn28_2", "mixup", "mixed_bfloat16", True))
     assert c["arch"] == "wrn28_2" and c["xla"] is True and c["batchnorm"] == "fused"
-    assert "bn=fused" in benchmark.config_label(c)
+    assert "bn=fused" in configs.config_label(c)
+    assert [x["method"] for x in configs.expand(
+        archs=["preactresnet18"], methods=["vanilla", "mixup"], precisions=["float32"],
+        xla=["off", "on"], batchnorms=["fused"], inputs=["batches"], xla_methods=["mixup"])] \
+        == ["vanilla", "mixup", "mixup"]
 
 
 def test_peak_rss_helpers():
-    assert benchmark.peak_rss_mb() > 0
-    benchmark.reset_peak_rss()  # best effort; must not raise
-    assert benchmark.peak_rss_mb() > 0
+    assert machine.peak_rss_mb() > 0
+    machine.reset_peak_rss()  # best effort; must not raise
+    assert machine.peak_rss_mb() > 0
 
 
 # ------------------------------------------------------- the GPU script, faked
@@ -343,6 +587,7 @@ FAKE_LAZY_WORKER = textwrap.dedent('''
     for line in sys.stdin:
         cmd = json.loads(line)
         config = job["configs"][cmd.get("config", 0)]
+        rate = 100.0 if config["method"] == "vanilla" else 90.0
         if cmd["cmd"] == "build":
             if config["method"] == "cutout":  # stands for a config that hangs
                 time.sleep(60)
@@ -350,86 +595,78 @@ FAKE_LAZY_WORKER = textwrap.dedent('''
             out.write(json.dumps({"ok": ok, "build_s": 0.1, "warmup_s": 0.1,
                                   "error": "ValueError: no such kernel"}) + "\\n")
         elif cmd["cmd"] == "window":
-            out.write(json.dumps({"img_per_s": 100.0 if config["method"] == "vanilla" else 90.0,
-                                  "wall_s": 1.0, "cpu_s": 1.0, "peak_rss_mb": 1}) + "\\n")
+            out.write(json.dumps({"img_per_s": rate, "wall_s": 0.01, "cpu_s": 0.01,
+                                  "peak_rss_mb": 1}) + "\\n")
         elif cmd["cmd"] == "result":
-            out.write(json.dumps({"result": {**config, "gpu_peak_mb": 5.0}}) + "\\n")
+            out.write(json.dumps({"result": {**config, "img_per_s": rate,
+                                             "gpu_peak_mb": 5.0}}) + "\\n")
         else:
             out.write(json.dumps({"results": [], "process_peak_rss_mb": 1}) + "\\n")
             break
 ''')
 
 
-def _gpu_bench_module(tmp_path, monkeypatch):
-    import importlib.util
+@pytest.fixture
+def gpu(tmp_path, monkeypatch):
+    from benchmarks import gpu_bench, tf_worker
 
-    spec = importlib.util.spec_from_file_location(
-        "gpu_bench_under_test", os.path.join(ROOT, "benchmarks", "gpu_bench.py"))
-    gpu = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu)
-    bench = gpu.load_benchmark_module()
     script = tmp_path / "fake_lazy_worker.py"
     script.write_text(FAKE_LAZY_WORKER)
-    monkeypatch.setattr(bench, "tf_worker_command", lambda python=None: [sys.executable, str(script)])
-    monkeypatch.setattr(bench, "torch_status", lambda python=None: (False, "not in this test"))
-    monkeypatch.setattr(gpu, "load_benchmark_module", lambda: bench)
-    return gpu, bench
+    monkeypatch.setattr(tf_worker, "command", lambda python=None: [sys.executable, str(script)])
+    return gpu_bench
 
 
-def test_gpu_script_loads_the_benchmark_without_tensorflow():
-    """On a GPU machine with torch but no TensorFlow, `gpu_bench.py --impls
-    torch` still times the original: its process loads patchup_tf/benchmark.py
-    (and the machine helpers) without importing TensorFlow or the package."""
-    code = (
-        "import importlib.util, sys\n"
-        "sys.modules['tensorflow'] = None  # any import of it fails\n"
-        f"spec = importlib.util.spec_from_file_location('g', {os.path.join(ROOT, 'benchmarks', 'gpu_bench.py')!r})\n"
-        "gpu = importlib.util.module_from_spec(spec); spec.loader.exec_module(gpu)\n"
-        "bench = gpu.load_benchmark_module()\n"
-        "assert bench.cpu_model() and bench.cpu_count() >= 1\n"
-        "assert 'patchup_tf' not in sys.modules, sorted(sys.modules)\n"
-        "print('ok')\n")
+def test_gpu_script_runs_without_tensorflow(tmp_path):
+    """On a GPU machine with torch but no TensorFlow, `python -m benchmarks.gpu_bench`
+    still starts and reports: it imports neither TensorFlow nor Keras."""
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules['tensorflow'] = None  # any import of it fails
+        from benchmarks import gpu_bench
+        assert gpu_bench.main(['--out', {str(tmp_path)!r}, '--impls', 'torch',
+                               '--budget', '5']) == 0
+        assert sys.modules['tensorflow'] is None and 'keras' not in sys.modules
+        print('ok')
+    """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+                          timeout=120, cwd=ROOT, env=ENV)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
+    log = (tmp_path / "gpu_log.txt").read_text()
+    assert "torch: no (--against-torch needs --torch_original PATH" in log
+    assert json.loads((tmp_path / "gpu_results.json").read_text())["rows"] == []
 
 
-def test_gpu_script_times_out_one_config_and_goes_on(tmp_path, monkeypatch):
+def test_gpu_script_times_out_one_config_and_goes_on(gpu):
     import argparse
     import time
 
-    gpu, bench = _gpu_bench_module(tmp_path, monkeypatch)
     args = argparse.Namespace(batch_size=4, warmup=1, steps=1, windows=2, config_timeout=4,
                               min_config_s=0.5, start_timeout=30)
     group = ("tf", "preactresnet18", "float32", False,
              ("vanilla", "cutout", "dropblock", "soft_patchup"))
-    rows = gpu.run_group(bench, group, args=args, end=time.monotonic() + 120, torch_python=None,
-                         log=lambda m: None)
+    rows = gpu.run_group(group, args=args, end=time.monotonic() + 120, log=lambda m: None)
     assert [r["method"] for r in rows] == ["vanilla", "cutout", "dropblock", "soft_patchup"]
     assert rows[0]["img_per_s"] == 100.0 and rows[0]["gpu_peak_mb"] == 5.0
     assert "no answer within" in rows[1]["error"]  # timed out; its worker was replaced
     assert "no such kernel" in rows[2]["error"]
     assert rows[3]["img_per_s"] == 90.0 and "error" not in rows[3]
     # Out of budget: skipped, not started.
-    rows = gpu.run_group(bench, group, args=args, end=time.monotonic() + 0.2, torch_python=None,
-                         log=lambda m: None)
+    rows = gpu.run_group(group, args=args, end=time.monotonic() + 0.2, log=lambda m: None)
     assert [r.get("skipped") for r in rows] == ["time budget"] * 4
 
 
-def test_gpu_script_writes_its_table(tmp_path, monkeypatch):
-    gpu, _ = _gpu_bench_module(tmp_path, monkeypatch)
+def test_gpu_script_writes_its_table(gpu, tmp_path):
     out = tmp_path / "out"
     assert gpu.main(["--out", str(out), "--archs", "preactresnet18", "--methods", "vanilla",
-                     "soft_patchup", "--steps", "1", "--windows", "1", "--budget", "100"]) == 0
-    with open(out / "gpu_results.json") as f:
-        results = json.load(f)
-    rows = results["rows"]
+                     "soft_patchup", "--steps", "1", "--windows", "1", "--budget", "100",
+                     "--impls", "tf"]) == 0
+    rows = json.loads((out / "gpu_results.json").read_text())["rows"]
     # float32, bf16, bf16 + XLA, float32 + XLA; no torch here
     assert {(r["precision"], r["xla"]) for r in rows} == {
         ("float32", False), ("mixed_bfloat16", False), ("mixed_bfloat16", True),
         ("float32", True)}
     soft = [r for r in rows if r["method"] == "soft_patchup"]
-    assert all(r["x_vanilla"] == pytest.approx(0.9) for r in soft)
+    assert all(r["ratio_to_vanilla"] == pytest.approx(0.9) for r in soft)
     table = (out / "gpu_results.md").read_text()
     assert "| preactresnet18 | patchup_tf | soft_patchup | mixed_bfloat16 | on | 90 |" in table
     assert (out / "gpu_log.txt").exists()
