@@ -467,9 +467,12 @@ def test_checkout_checks(fake_checkout, tmp_path):
 def test_main_py_flags_carry_the_paper_options():
     soft = original.main_args("soft_patchup", 100)
     assert soft[:4] == ["--train", "patchup", "--patchup_type", "soft"]
-    flags = dict(zip(soft[4::2], soft[5::2]))
-    assert flags["--gamma"] == "0.75" and flags["--patchup_prob"] == "1" and flags["--k"] == "2"
-    assert flags["--patchup_block"] == "7" and flags["--batch_size"] == "100"
+
+    def value(flag):
+        return soft[soft.index(flag) + 1]
+
+    assert value("--gamma") == "0.75" and value("--patchup_prob") == "1" and value("--k") == "2"
+    assert value("--patchup_block") == "7" and value("--batch_size") == "100"
     assert soft[soft.index("--loss_params") + 1:soft.index("--loss_params") + 3] == ["1", "1"]
     assert "--alpha" not in soft  # the original's PatchUp draws its own lam
     hard = original.main_args("hard_patchup")
