@@ -27,7 +27,6 @@ setup(
             "patchup-evaluate = patchup_tf.cli.evaluate:main",
             "patchup-make-affine-sets = patchup_tf.cli.make_affine_sets:main",
             "patchup-visualize = patchup_tf.cli.visualize:main",
-            "patchup-benchmark = patchup_tf.benchmark:main",
             "patchup-sweep = patchup_tf.sweep:main",
             "patchup-compare = patchup_tf.compare:main",
         ],

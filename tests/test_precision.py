@@ -223,6 +223,42 @@ def test_real_probe_in_a_subprocess():
     assert precision.decide(figures) in ("float32", "mixed_bfloat16")
 
 
+# ------------------------------------------------------------ the step timer
+def test_time_steps_calls_and_syncs_once_per_window():
+    from patchup_tf.steptimer import time_steps
+
+    calls, synced = [], []
+    timing = time_steps(lambda: calls.append(1) or len(calls), 6, sync=synced.append,
+                        steps_per_call=2)
+    assert len(calls) == 3 and synced == [3]  # the last call's result, once
+    assert timing.wall_s > 0 and timing.cpu_s >= 0
+    busy = time_steps(lambda: sum(range(20000)), 4)
+    assert busy.cpu_s > 0 and busy.cpu_s <= 4 * busy.wall_s  # per step, this process's CPU
+    for steps in (0, 3):
+        with pytest.raises(ValueError, match="steps_per_call=2"):
+            time_steps(lambda: None, steps, steps_per_call=2)
+
+
+@pytest.mark.parametrize("through_fit", [False, True])
+def test_keras_steps_times_the_train_function(through_fit):
+    """`KerasSteps` warms up (fit + one call), then each timed step is one
+    `train_function` call (or one whole `fit` call for `through_fit`)."""
+    from patchup_tf.steptimer import KerasSteps
+    from tests.helpers.tiny import tiny_model
+
+    model = tiny_model()
+    model.compile(optimizer="sgd")
+    x = tf.random.stateless_normal([2, 4, 32, 32, 3], [0, 1])
+    y = tf.one_hot(tf.zeros([2, 4], tf.int32), 4)
+    steps = KerasSteps(model, tf.data.Dataset.from_tensor_slices((x, y)).repeat(), warmup=2,
+                       through_fit=through_fit)
+    before = int(model.optimizer.iterations)
+    timing = steps.time(3)
+    assert int(model.optimizer.iterations) == before + 3
+    assert timing.wall_s > 0 and timing.cpu_s > 0
+    assert before == (2 if through_fit else 3)  # the warm-up fit (+ the one bound call)
+
+
 # ------------------------------------------------------- the trainer's auto
 def _trainer_precision(monkeypatch, argv, choice="mixed_bfloat16"):
     """`experiment.resolve(argv)` with `resolve_precision` recorded, not run."""

@@ -9,8 +9,7 @@ import pytest
 from patchup_tf.cli.evaluate import experiment_folder
 from tests.scripts.conftest import REPO
 
-ENTRY_POINTS = ("train", "evaluate", "make_affine_sets", "visualize", "benchmark", "sweep",
-                "compare")
+ENTRY_POINTS = ("train", "evaluate", "make_affine_sets", "visualize", "sweep", "compare")
 
 
 def test_setup_declares_every_entry_point_and_each_module_has_main():
@@ -31,6 +30,15 @@ def test_scripts_are_thin_wrappers_without_path_edits(name):
         text = f.read()
     assert "sys.path" not in text
     assert "import main" in text and len(text.splitlines()) < 20
+
+
+def test_the_benchmark_is_no_entry_point():
+    """The benchmark lives in benchmarks/ (a source checkout's `python -m benchmarks`),
+    outside the installed package: no console script, no scripts/ wrapper."""
+    with open(os.path.join(REPO, "setup.py")) as f:
+        assert "benchmark" not in f.read()
+    assert not os.path.exists(os.path.join(REPO, "scripts", "benchmark.py"))
+    assert os.path.exists(os.path.join(REPO, "benchmarks", "__main__.py"))
 
 
 def test_evaluate_finds_the_experiment_of_a_model_inside_it(tmp_path):
