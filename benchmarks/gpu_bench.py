@@ -168,9 +168,11 @@ def markdown(results):
             f"| {r['arch']} | {r['impl']} | {r['method']} | {r['precision']} | "
             f"{'on' if r['xla'] else 'off'} | {_f(r.get('img_per_s'), '.0f')} | "
             f"{_f(r.get('step_ms'), '.1f')} | {_f(r.get('ratio_to_vanilla'), '.3f')} | "
-            f"{_f(r.get('x_torch_img_per_s'), '.2f')} | {_f(r.get('gpu_peak_mb'), '.0f')} | {note} |")
+            f"{_f(r.get('x_torch_img_per_s'), '.2f')} | {_f(r.get('gpu_peak_mb'), '.0f')} | "
+            f"{note} |")
     lines += ["", "x vanilla: img/s over the same impl/arch/precision/XLA's vanilla; "
-              "x original: img/s over the PyTorch original's same method (float32) on the same GPU."]
+              "x original: img/s over the PyTorch original's same method (float32) on the "
+              "same GPU."]
     return "\n".join(lines) + "\n"
 
 

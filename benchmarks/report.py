@@ -78,56 +78,53 @@ def _train(results):
     return lines
 
 
-def _memory(results):
-    if not results.get("memory"):
-        return []
-    lines = ["peak RSS, each configuration alone in a fresh process (build, warm-up and "
-             "timed steps):"]
-    for r in results["memory"]:
-        if r.get("error"):
-            lines.append(f"  {config_label(r):<70} ERROR {str(r['error'])[:120]}")
-            continue
-        ratio = r.get("x_torch_peak_rss")
-        lines.append(f"  {config_label(r):<70}{_fmt(r.get('peak_rss_mb'), '.0f'):>7} MiB"
-                     + (f"  x{ratio:.2f} the original's" if ratio else ""))
-    return lines + [""]
+def _section(title, rows, line):
+    """`title`, one `line(row)` per row and a blank line; nothing without rows."""
+    return [title, *(line(r) for r in rows), ""] if rows else []
 
 
-def _mix_ops(results):
-    if not results.get("mix_ops"):
-        return []
-    lines = ["PatchUp's own ops alone (mask + pairing + mix, forward and backward, per call; "
-             "xla: the same compiled by XLA):"]
-    for r in results["mix_ops"]:
-        xla = "on " if r.get("xla") else "off"
-        head = (f"  {r['mode']:<9}{r.get('precision', ''):<15}xla={xla} position {r['position']} {str(r.get('shape', '')):<20}")
-        lines.append(f"{head} ERROR {r['error'][:120]}" if r.get("error") else
-                     f"{head}{r['ms_per_call']:>8.2f} ms {r['cpu_ms_per_call']:>8.2f} CPU-ms")
-    return lines + [""]
+def _memory_line(r):
+    if r.get("error"):
+        return f"  {config_label(r):<70} ERROR {str(r['error'])[:120]}"
+    ratio = r.get("x_torch_peak_rss")
+    return (f"  {config_label(r):<70}{_fmt(r.get('peak_rss_mb'), '.0f'):>7} MiB"
+            + (f"  x{ratio:.2f} the original's" if ratio else ""))
 
 
-def _pipeline(results):
-    if not results.get("pipeline"):
-        return []
+def _mix_line(r):
+    xla = "on " if r.get("xla") else "off"
+    head = (f"  {r['mode']:<9}{r.get('precision', ''):<15}xla={xla} position {r['position']} "
+            f"{str(r.get('shape', '')):<20}")
+    if r.get("error"):
+        return f"{head} ERROR {r['error'][:120]}"
+    return f"{head}{r['ms_per_call']:>8.2f} ms {r['cpu_ms_per_call']:>8.2f} CPU-ms"
+
+
+def _pipeline_line(p):
+    if p.get("error"):
+        return f"  {p.get('pipeline', '?')}: ERROR {p['error'][:150]}"
+    return (f"  {p['name']:<70}{p['img_per_s']:>9.0f} img/s  "
+            f"x{_fmt(p.get('ratio_to_fastest_model'), '.0f')}  "
+            f"{p['cpu_ms_per_batch']:.1f} CPU-ms/batch, "
+            f"peak {_fmt(p.get('peak_rss_mb'), '.0f')} MiB")
+
+
+def _pipeline_title(results):
     fastest = results.get("fastest_train_config")
-    lines = ["input pipeline alone, as the trainer builds it (x = ratio to the fastest train "
-             "config" + (f", {fastest['method']}/{fastest['precision']} "
-                         f"{fastest['img_per_s']:.1f} img/s" if fastest else "") + "):"]
-    for p in results["pipeline"]:
-        if p.get("error"):
-            lines.append(f"  {p.get('pipeline', '?')}: ERROR {p['error'][:150]}")
-            continue
-        lines.append(f"  {p['name']:<70}{p['img_per_s']:>9.0f} img/s  "
-                     f"x{_fmt(p.get('ratio_to_fastest_model'), '.0f')}  "
-                     f"{p['cpu_ms_per_batch']:.1f} CPU-ms/batch, "
-                     f"peak {_fmt(p.get('peak_rss_mb'), '.0f')} MiB")
-    return lines + [""]
+    return ("input pipeline alone, as the trainer builds it (x = ratio to the fastest train "
+            "config" + (f", {fastest['method']}/{fastest['precision']} "
+                        f"{fastest['img_per_s']:.1f} img/s" if fastest else "") + "):")
 
 
 def format_table(results):
     """The human-readable report of `results` (see `benchmarks.run.run_benchmark`)."""
-    lines = (_header(results) + _train(results) + _memory(results) + _mix_ops(results)
-             + _pipeline(results))
+    lines = _header(results) + _train(results)
+    lines += _section("peak RSS, each configuration alone in a fresh process (build, warm-up "
+                      "and timed steps):", results.get("memory"), _memory_line)
+    lines += _section("PatchUp's own ops alone (mask + pairing + mix, forward and backward, "
+                      "per call; xla: the same compiled by XLA):", results.get("mix_ops"),
+                      _mix_line)
+    lines += _section(_pipeline_title(results), results.get("pipeline"), _pipeline_line)
     lines += [LEGEND, f"MiB: peak RSS, {results['settings'].get('rss_scope')}.  Total wall "
                       f"{results.get('wall_s', 0):.0f} s."]
     return "\n".join(lines)
