@@ -28,8 +28,8 @@ setup(
             "patchup-make-affine-sets = patchup_tf.cli.make_affine_sets:main",
             "patchup-visualize = patchup_tf.cli.visualize:main",
             "patchup-benchmark = patchup_tf.benchmark:main",
-            "patchup-sweep = patchup_tf.sweep:main",
-            "patchup-compare = patchup_tf.compare:main",
+            "patchup-sweep = patchup_tf.cli.sweep:main",
+            "patchup-compare = patchup_tf.cli.compare:main",
         ],
     },
 )

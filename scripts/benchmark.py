@@ -1,11 +1,8 @@
 """`patchup-benchmark`: see `patchup_tf.benchmark` (`python scripts/benchmark.py --help`)."""
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
-
-from patchup_tf.benchmark import main  # noqa: E402
+from patchup_tf.benchmark import main
 
 if __name__ == "__main__":
     sys.exit(main())
