@@ -1,5 +1,11 @@
 """Installs patchup_tf: PatchUp and its baselines for TensorFlow 2 / Keras 3."""
+import os
+
 from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+    LONG_DESCRIPTION = f.read()
 
 setup(
     name="patchup_tf",
@@ -8,8 +14,31 @@ setup(
         "PatchUp (Faramarzi et al., arXiv 2006.07794) and Mixup, Manifold Mixup, "
         "CutMix, Cutout, DropBlock for TensorFlow 2 / Keras 3"
     ),
+    long_description=LONG_DESCRIPTION,
+    long_description_content_type="text/markdown",
+    url="https://arxiv.org/abs/2006.07794",
+    project_urls={
+        "Paper": "https://arxiv.org/abs/2006.07794",
+        "PyTorch original": "https://github.com/chandar-lab/PatchUp",
+    },
+    # An SPDX name, not a "License ::" classifier: setuptools deprecates those.
+    license="Apache-2.0",
+    license_files=["LICENSE"],
+    classifiers=[
+        "Development Status :: 3 - Alpha",
+        "Intended Audience :: Science/Research",
+        "Programming Language :: Python :: 3",
+        "Operating System :: OS Independent",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+    keywords=[
+        "patchup", "mixup", "manifold mixup", "cutmix", "cutout", "dropblock",
+        "regularization", "data augmentation", "keras", "tensorflow", "cnn",
+    ],
     packages=find_packages(include=["patchup_tf", "patchup_tf.*"]),
     python_requires=">=3.9",
+    # The trainer writes loss/accuracy plots (matplotlib) and the quick start
+    # trains on scikit-learn's digits: both are core, not extras.
     install_requires=[
         "tensorflow>=2.16",
         "keras>=3.0",
@@ -27,8 +56,8 @@ setup(
             "patchup-evaluate = patchup_tf.cli.evaluate:main",
             "patchup-make-affine-sets = patchup_tf.cli.make_affine_sets:main",
             "patchup-visualize = patchup_tf.cli.visualize:main",
-            "patchup-sweep = patchup_tf.sweep:main",
-            "patchup-compare = patchup_tf.compare:main",
+            "patchup-sweep = patchup_tf.cli.sweep:main",
+            "patchup-compare = patchup_tf.cli.compare:main",
         ],
     },
 )

@@ -31,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def worker(args):
     """One setting: reads 'window' lines on stdin, answers JSON lines."""
     if args.deterministic:
-        from patchup_tf.experiment import configure_determinism
+        from patchup_tf.experiment.run import configure_determinism
 
         configure_determinism()
     import keras

@@ -1,4 +1,4 @@
-"""Files written whole or not at all, and the command line's failure exit.
+"""Files written whole or not at all.
 
 Every file the project writes goes through `atomic_write` (a temporary file
 in the same folder, fsync, then rename), so a process killed at any moment
@@ -8,13 +8,10 @@ leaves either the old file or the new one, never half of one.
 import json
 import os
 import shutil
-import sys
 import tempfile
 
 import numpy as np
 
-EXIT_BAD_INPUT = 2
-EXIT_NAN = 3
 TMP_PREFIX = ".tmp-"
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -64,8 +61,9 @@ def fsync(path):
 
 
 def write_text(path, text):
+    """Writes `text` as it is (no newline translation), atomically."""
     def write(tmp):
-        with open(tmp, "w") as f:
+        with open(tmp, "w", newline="") as f:
             f.write(text)
 
     atomic_write(path, write)
@@ -101,9 +99,3 @@ def export_saved_model(path, model):
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def fail(message, code=EXIT_BAD_INPUT):
-    """Prints `error: message` (one line, no traceback) and exits with `code`."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(code)

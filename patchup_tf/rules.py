@@ -17,6 +17,13 @@ DATASETS = ("cifar10", "cifar100", "svhn", "digits")
 ARCHS = ("preactresnet18", "preactresnet34", "wrn28_10", "wrn28_2")
 LOSSES = ("bce", "ce")
 PATCHUP_MODES = ("soft", "hard")
+FGSM_EPS = (0.0, 0.05, 0.1, 0.12, 0.15, 0.18, 0.2)  # the paper's FGSM sweep
+KERAS_ARCH_PREFIX = "keras:"  # --arch keras:<Name>: a keras.applications network
+
+
+def application_name(arch):
+    """`"ResNet50V2"` for the arch `"keras:ResNet50V2"`; None for a paper arch."""
+    return arch[len(KERAS_ARCH_PREFIX):] if arch.startswith(KERAS_ARCH_PREFIX) else None
 
 
 # ------------------------------------------------------------- validators
@@ -102,6 +109,28 @@ def check_seed(seed, allow_none=True):
     if not is_int(seed):
         raise invalid("seed", "an int", seed)
     return int(seed)
+
+
+def check_int(name, value, minimum, allow_none=False):
+    """An int >= `minimum` (or None if allowed); returns a Python int or None."""
+    if value is None and allow_none:
+        return None
+    if not is_int(value) or value < minimum:
+        raise invalid(name, f"an integer >= {minimum}" + (" or None" if allow_none else ""),
+                      value)
+    return int(value)
+
+
+def check_eps_list(eps_list):
+    """FGSM's eps values as floats; each a finite number >= 0, at least one."""
+    values = []
+    for eps in eps_list:
+        if not (is_real(eps) and math.isfinite(float(eps)) and float(eps) >= 0):
+            raise ValueError(f"FGSM eps must be a finite number >= 0, got {eps!r}")
+        values.append(float(eps))
+    if not values:
+        raise ValueError("FGSM needs at least one eps")
+    return values
 
 
 def check_patchup_mode(mode):

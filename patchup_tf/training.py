@@ -388,12 +388,21 @@ class StopOnNonFinite(keras.callbacks.TerminateOnNaN):
     updated weights hold a NaN or an infinity.
     """
 
+    def __init__(self):
+        super().__init__()
+        self._epoch = 0
+        self.stopped_at = None  # (epoch, batch) of the stop: 1-based epoch, as Keras prints
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
     def on_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             print(f"\nBatch {batch}: a non-finite value (inputs, loss, gradients or "
                   "weights) appeared; training stopped. Check the inputs or lower the "
                   "learning rate.", file=sys.stderr)
+            self.stopped_at = (self._epoch + 1, batch)
             self.model.stop_training = True
 
 

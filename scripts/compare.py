@@ -1,11 +1,8 @@
-"""`patchup-compare`: see `patchup_tf.compare` (`python scripts/compare.py --help`)."""
+"""`patchup-compare`: see `patchup_tf.cli.compare` (`python scripts/compare.py --help`)."""
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
-
-from patchup_tf.compare import main  # noqa: E402
+from patchup_tf.cli.compare import main
 
 if __name__ == "__main__":
     sys.exit(main())

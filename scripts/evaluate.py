@@ -1,11 +1,8 @@
 """`patchup-evaluate`: see `patchup_tf.cli.evaluate` (`python scripts/evaluate.py --help`)."""
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
-
-from patchup_tf.cli.evaluate import main  # noqa: E402
+from patchup_tf.cli.evaluate import main
 
 if __name__ == "__main__":
     sys.exit(main())

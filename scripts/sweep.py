@@ -1,11 +1,8 @@
-"""`patchup-sweep`: see `patchup_tf.sweep` (`python scripts/sweep.py --help`)."""
+"""`patchup-sweep`: see `patchup_tf.cli.sweep` (`python scripts/sweep.py --help`)."""
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
-
-from patchup_tf.sweep import main  # noqa: E402
+from patchup_tf.cli.sweep import main
 
 if __name__ == "__main__":
     sys.exit(main())

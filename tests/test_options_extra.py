@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from patchup_tf import flags, losses
+from patchup_tf import losses
+from patchup_tf.experiment import config as flags
 from patchup_tf.methods import NUM_POSITIONS, Method
 from patchup_tf.mixing import MixResult
 from patchup_tf.optimizer import TorchSGD
@@ -407,14 +408,12 @@ def test_out_of_range_new_flags_name_their_flag(argv, flag):
 
 
 def test_the_command_line_exits_2_naming_the_flag(capsys):
-    from patchup_tf.experiment import resolve
+    from patchup_tf.cli.train import main
 
     for argv, flag in ((["--method", "cutout", "--per_sample", "True"], "--per_sample"),
                        (["--method", "mixup", "--label_smoothing", "1.0"], "--label_smoothing"),
                        (["--method", "mixup_cutmix", "--switch_prob", "2"], "--switch_prob")):
-        with pytest.raises(SystemExit) as e:
-            resolve(argv)
-        assert e.value.code == 2
+        assert main(argv) == 2
         assert flag in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         flags.build_parser().parse_args(["--per_sample", "maybe"])
@@ -423,7 +422,7 @@ def test_the_command_line_exits_2_naming_the_flag(capsys):
 
 def test_mix_off_epoch_reaches_the_training_run(tmp_path, monkeypatch):
     """`--mix_off_epoch 1`: the run's first epoch mixes, the second does not."""
-    from patchup_tf import experiment
+    from patchup_tf.experiment import run as experiment
 
     seen = []
     original = MixingModel.set_mixing
@@ -440,7 +439,7 @@ def test_mix_off_epoch_reaches_the_training_run(tmp_path, monkeypatch):
             "--precision", "float32"]
     if "--deterministic" in flags.build_parser()._option_string_actions:
         argv += ["--deterministic", "False"]  # keep this process's kernels as they are
-    experiment.run(argv)
+    experiment.run(flags.RunConfig.from_argv(argv))
     assert seen == [True, False, True]  # epoch 0, epoch 1, the end of fit
     (folder,) = os.listdir(tmp_path)
     assert folder.endswith("_per_sample_label_smoothing_0.1_mix_off_epoch_1")

@@ -262,7 +262,7 @@ def test_keras_steps_times_the_train_function(through_fit):
 # ------------------------------------------------------- the trainer's auto
 def _trainer_precision(monkeypatch, argv, choice="mixed_bfloat16"):
     """`experiment.resolve(argv)` with `resolve_precision` recorded, not run."""
-    from patchup_tf import experiment
+    from patchup_tf.experiment import run as experiment
 
     calls = []
 
@@ -308,7 +308,7 @@ def test_trainer_explicit_precision_is_not_probed(monkeypatch, tmp_path, extra, 
 def test_trainer_auto_keeps_a_resumed_runs_recorded_precision(monkeypatch, tmp_path, capsys):
     """A run resumed with `--precision auto` continues in the precision its
     flags.json recorded, whatever the evidence says now."""
-    from patchup_tf.checkpoints import INDEX_FILE
+    from patchup_tf.experiment.checkpoints import INDEX_FILE
 
     argv = ["--dataset", "digits", "--root_dir", str(tmp_path)]
     config, calls = _trainer_precision(monkeypatch, argv, choice="mixed_bfloat16")

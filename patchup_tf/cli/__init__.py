@@ -1,5 +1,51 @@
-"""The command-line programs (`patchup-train`, `patchup-evaluate`, ...).
+"""The command-line programs: every console script's `main`, its exit codes.
 
-Each module has a `main(argv=None) -> int`; `setup.py` installs them as
-console scripts and `scripts/<name>.py` are thin wrappers of the same.
+Each program module has `main(argv=None) -> int`, wrapped by `program`;
+`setup.py` installs them as console scripts (`patchup-train`, ...) and
+`scripts/<name>.py` call the same `main`, so both print the same thing.
+A program parses and checks its flags before it imports TensorFlow, so a
+bad command line is answered at once.
+
+Exit codes: 0 done; 1 failed (a sweep run, no experiment to compare);
+2 bad flags, data or files (one `error: ...` line, nothing half-written);
+3 a non-finite training loss (the last good checkpoint is kept);
+130 interrupted.
 """
+
+import functools
+import os
+import sys
+
+from patchup_tf.errors import NonFiniteLoss, UsageError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_NAN = 3
+EXIT_INTERRUPTED = 130
+
+
+def fail(message):
+    """Stops the program with `error: message` and exit 2 (see `program`)."""
+    raise UsageError(message)
+
+
+def program(main):
+    """Wraps a program's `main(argv)`: TensorFlow's log level, the exit codes."""
+
+    @functools.wraps(main)
+    def run(argv=None):
+        # Before TensorFlow loads (`patchup_tf.cli.tf_logging` applies it to
+        # the start-up lines too); the user's own setting wins.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        argv = sys.argv[1:] if argv is None else list(argv)
+        try:
+            return main(argv)
+        except UsageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except NonFiniteLoss as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_NAN
+
+    return run

@@ -25,14 +25,12 @@ Exit codes: 0 done; 2 bad input (one message on stderr, no traceback).
 
 import argparse
 import json
-import math
 import os
 import sys
 
-from patchup_tf.files import fail
-from patchup_tf.flags import str2bool
-from patchup_tf.rules import DATASETS
-from patchup_tf.evaluation.fgsm import DEFAULT_EPS
+from patchup_tf.cli import fail, program
+from patchup_tf.experiment.config import str2bool
+from patchup_tf.rules import DATASETS, FGSM_EPS, check_eps_list
 
 
 def build_parser():
@@ -53,7 +51,7 @@ def build_parser():
                    help="accepted for the reference's command lines; --affine_path is enough")
     p.add_argument("--fsgm_attack", "--fgsm_attack", dest="fsgm_attack", type=str2bool,
                    nargs="?", const=True, default=False,
-                   help="run the FGSM sweep at eps " + " ".join(f"{e:g}" for e in DEFAULT_EPS))
+                   help="run the FGSM sweep at eps " + " ".join(f"{e:g}" for e in FGSM_EPS))
     p.add_argument("--fgsm", type=float, nargs="+", default=None, metavar="EPS",
                    help="run FGSM at these eps instead (implies the sweep)")
     p.add_argument("--batch_size", type=int, default=100,
@@ -103,12 +101,12 @@ def precheck(args):
         fail(f"--batch_size must be >= 1, got {args.batch_size}")
     eps = None
     if args.fgsm is not None:
-        bad = [e for e in args.fgsm if not math.isfinite(e) or e < 0]
-        if bad:
-            fail(f"--fgsm eps must be finite numbers >= 0, got {bad[0]:g}")
-        eps = list(args.fgsm)
+        try:
+            eps = check_eps_list(args.fgsm)
+        except ValueError as e:
+            fail(f"--fgsm: {e}")
     elif args.fsgm_attack:
-        eps = list(DEFAULT_EPS)
+        eps = list(FGSM_EPS)
     if args.affine_test and not args.affine_path:
         fail("--affine_test needs --affine_path DIR (made by patchup-make-affine-sets)")
     flags = _experiment_dataset(args.model)
@@ -150,6 +148,7 @@ def _check_set_name(path, name):
              "with patchup-make-affine-sets")
 
 
+@program
 def main(argv=None):
     args = build_parser().parse_args(argv)
     dataset, data_dir, eps = precheck(args)
@@ -184,4 +183,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -16,10 +16,9 @@ Exit codes: 0 done; 2 bad input (one message on stderr, nothing written).
 
 import argparse
 import os
-import sys
 import time
 
-from patchup_tf.files import fail
+from patchup_tf.cli import fail, program
 
 
 def build_parser():
@@ -43,6 +42,7 @@ def _describe(spec):
     return f"{spec.kind} {spec.value:g}"
 
 
+@program
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.seed < 0:
@@ -68,4 +68,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -15,21 +15,22 @@ Offline quick start (scikit-learn's digits, a few minutes on 2 CPU cores):
 
     patchup-train --dataset digits --method soft_patchup --epochs 5
 
-Exit codes: 0 done, 2 bad flags or data (one message, nothing half-written),
-3 a non-finite loss (the last good checkpoint is kept).
+Exit codes: see `patchup_tf.cli`.
 """
 
-import os
+from patchup_tf.cli import program
+from patchup_tf.experiment.config import RunConfig
 
 
-def main(argv=None):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from patchup_tf.tf_logging import import_tensorflow
+@program
+def main(argv):
+    config = RunConfig.from_argv(argv)  # a bad flag is answered before TensorFlow loads
+    from patchup_tf.cli.tf_logging import import_tensorflow
 
     import_tensorflow()
-    from patchup_tf.experiment import run
+    from patchup_tf.experiment.run import run
 
-    run(argv)
+    run(config)
     return 0
 
 

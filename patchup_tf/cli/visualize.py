@@ -29,9 +29,8 @@ Exit codes: 0 done; 2 bad input (one message on stderr, no traceback).
 
 import argparse
 import os
-import sys
 
-from patchup_tf.files import fail
+from patchup_tf.cli import fail, program
 from patchup_tf.rules import ARCHS, DATASETS
 
 
@@ -231,6 +230,7 @@ def run_activations(args):
     print(f"wrote {csv_path}\nwrote {png_path}")
 
 
+@program
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from patchup_tf.data import DataError
@@ -251,4 +251,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -15,6 +15,7 @@ from typing import NamedTuple, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from patchup_tf.rules import check_int
 from patchup_tf.data.sources import (
     MEAN_STD,
     NUM_CLASSES,
@@ -81,21 +82,6 @@ class Datasets(NamedTuple):
     train_spec: Optional[TrainSpec] = None
 
 
-def _check_int(value, name, minimum, allow_none=False):
-    if value is None and allow_none:
-        return
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, np.integer))
-        or value < minimum
-    ):
-        expected = f"an integer >= {minimum}" + (" or None" if allow_none else "")
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected {expected}. "
-            f"Received: {name}={value!r}"
-        )
-
-
 def split_per_class(x, y, labels_per_class, valid_labels_per_class, seed, num_classes):
     """Splits a training set into training and validation parts per class.
 
@@ -117,9 +103,9 @@ def split_per_class(x, y, labels_per_class, valid_labels_per_class, seed, num_cl
     Returns:
         `(x_train, y_train, x_valid, y_valid)`.
     """
-    _check_int(num_classes, "num_classes", 1)
-    _check_int(labels_per_class, "labels_per_class", 1, allow_none=True)
-    _check_int(seed, "seed", 0)
+    check_int("num_classes", num_classes, 1)
+    check_int("labels_per_class", labels_per_class, 1, allow_none=True)
+    check_int("seed", seed, 0)
     if (
         isinstance(valid_labels_per_class, bool)
         or not isinstance(valid_labels_per_class, (int, np.integer))
@@ -258,9 +244,9 @@ def make_train_dataset(
     Returns:
         A dataset of `(float32 (B, H, W, C) images, float32 (B, K) one-hot)`.
     """
-    _check_int(batch_size, "batch_size", 1)
-    _check_int(seed, "seed", 0)
-    _check_int(pad, "pad", 0)
+    check_int("batch_size", batch_size, 1)
+    check_int("seed", seed, 0)
+    check_int("pad", pad, 0)
     if len(y) < batch_size:
         raise ValueError(
             "Invalid value received for argument `batch_size`. Expected at most "
@@ -290,7 +276,7 @@ def make_eval_dataset(x, y, num_classes, *, mean, std, batch_size, image_size=No
     Returns:
         A dataset of `(float32 (B, H, W, C) images, float32 (B, K) one-hot)`.
     """
-    _check_int(batch_size, "batch_size", 1)
+    check_int("batch_size", batch_size, 1)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()
     ds = ds.batch(batch_size, drop_remainder=False)
     ds = ds.map(
@@ -328,7 +314,7 @@ def train_epochs(datasets, first_epoch=0):
             "Invalid value received for argument `datasets`. Expected the "
             f"`Datasets` returned by `make_datasets`. Received: {type(datasets)}"
         )
-    _check_int(first_epoch, "first_epoch", 0)
+    check_int("first_epoch", first_epoch, 0)
     return _epoch_stream(spec, tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max))
 
 
@@ -403,10 +389,10 @@ def make_datasets(
         A `Datasets`.
     """
     check_dataset_name(name)
-    _check_int(batch_size, "batch_size", 1)
-    _check_int(eval_batch_size, "eval_batch_size", 1, allow_none=True)
-    _check_int(seed, "seed", 0)
-    _check_int(image_size, "image_size", 1, allow_none=True)
+    check_int("batch_size", batch_size, 1)
+    check_int("eval_batch_size", eval_batch_size, 1, allow_none=True)
+    check_int("seed", seed, 0)
+    check_int("image_size", image_size, 1, allow_none=True)
     default_train, default_valid = DEFAULT_SPLIT[name]
     if labels_per_class is None:
         labels_per_class = default_train

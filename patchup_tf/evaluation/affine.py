@@ -50,6 +50,7 @@ import numpy as np
 import tensorflow as tf
 
 from patchup_tf.evaluation.metrics import evaluate_classifier
+from patchup_tf.rules import check_int
 from patchup_tf.files import atomic_write
 
 __all__ = [
@@ -272,15 +273,6 @@ def apply_affine(images_uint8, kind, values):
     return np.concatenate(out, axis=0)
 
 
-def _check_seed(seed):
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(
-            "Invalid value received for argument `seed`. Expected an integer "
-            f">= 0. Received: seed={seed!r}"
-        )
-    return int(seed)
-
-
 def draw_affine_params(name, n, seed):
     """The `n` per-image parameters of set `name` (degrees or scales).
 
@@ -289,7 +281,7 @@ def draw_affine_params(name, n, seed):
     every call.
     """
     spec = _check_name(name)
-    seed = _check_seed(seed)
+    seed = check_int("seed", seed, 0)
     if spec.range is None:
         return np.full((n,), spec.value, dtype=np.float64)
     rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
@@ -313,7 +305,7 @@ def describe_affine_set(name, seed, size=(32, 32)):
     out.update(spec.describe())
     out.update(
         {
-            "seed": _check_seed(seed),
+            "seed": check_int("seed", seed, 0),
             "rng": "numpy.random.default_rng([seed, zlib.crc32(name)]).uniform",
             "centre": list(_centre(height, width)),
             "convention": _CONVENTION,
@@ -453,7 +445,7 @@ def make_all_affine_sets(images, labels, class_names, out_dir, seed):
     `draw_affine_params`).
     """
     images = _check_images(images)
-    seed = _check_seed(seed)
+    seed = check_int("seed", seed, 0)
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for name in AFFINE_SETS:

@@ -19,10 +19,9 @@ from patchup_tf.evaluation.metrics import (
     hard_labels,
     sum_over_batches,
 )
+from patchup_tf.rules import FGSM_EPS as DEFAULT_EPS  # the paper's sweep
 
 __all__ = ["DEFAULT_EPS", "fgsm", "fgsm_sweep"]
-
-DEFAULT_EPS = (0.0, 0.05, 0.1, 0.12, 0.15, 0.18, 0.2)
 
 # model -> (attack, attack_and_score), compiled once per model.
 _FN_CACHE = weakref.WeakKeyDictionary()

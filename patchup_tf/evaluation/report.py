@@ -21,13 +21,13 @@ raises `EvaluationError` with a one-line message.
 
 import dataclasses
 import json
-import math
-import numbers
 import os
 import time
 from typing import Any, Optional, Tuple
 
 import tensorflow as tf
+
+from patchup_tf.rules import check_eps_list
 
 __all__ = [
     "EvaluationError",
@@ -35,7 +35,6 @@ __all__ = [
     "SavedModelClassifier",
     "affine_set_paths",
     "check_affine_sets",
-    "check_eps_list",
     "check_model_fits",
     "evaluate_model",
     "format_results",
@@ -286,21 +285,6 @@ def check_model_fits(loaded, dataset, image_shape, num_classes):
         )
 
 
-def check_eps_list(eps_list):
-    """Returns the eps values as floats; each must be a finite number >= 0."""
-    values = []
-    for eps in eps_list:
-        ok = isinstance(eps, numbers.Real) and not isinstance(eps, bool)
-        if ok:
-            ok = math.isfinite(float(eps)) and float(eps) >= 0
-        if not ok:
-            raise EvaluationError(f"FGSM eps must be a finite number >= 0, got {eps!r}")
-        values.append(float(eps))
-    if not values:
-        raise EvaluationError("FGSM needs at least one eps")
-    return values
-
-
 def affine_set_paths(affine_path, dataset="cifar100"):
     """The eight `<affine_path>/<name>.npz` paths, or `EvaluationError` naming
     the missing ones (or the data set, if it is not CIFAR-100)."""
@@ -391,7 +375,10 @@ def evaluate_model(loaded, dataset, raw, *, affine_paths=None, eps_list=None,
     image_shape = tuple(raw.x_test.shape[1:])
     check_model_fits(loaded, dataset, image_shape, num_classes)
     if eps_list is not None:
-        eps_list = check_eps_list(eps_list)
+        try:
+            eps_list = check_eps_list(eps_list)
+        except ValueError as e:
+            raise EvaluationError(str(e)) from None
     if affine_paths:
         if dataset != "cifar100":
             raise EvaluationError(

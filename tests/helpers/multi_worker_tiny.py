@@ -1,7 +1,7 @@
 """One worker of a multi-worker soft PatchUp run of a tiny `MixingModel`.
 
 `tests/test_multi_worker.py` starts one process per worker with `TF_CONFIG`
-set; each trains with `patchup_tf.distributed.train_loop` under
+set; each trains with `patchup_tf.experiment.distributed.train_loop` under
 `MultiWorkerMirroredStrategy` and dumps to `OUT/worker_<index>.npz`: its
 trainable weights, its BN moving statistics, and per step what its replica
 saw (batch size, step seed, the plan's permutation, the sum of its images),
@@ -25,8 +25,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from patchup_tf.distributed import train_loop  # noqa: E402
-from patchup_tf.experiment import export_saved_model, is_chief, save_keras  # noqa: E402
+from patchup_tf.experiment.distributed import train_loop  # noqa: E402
+from patchup_tf.experiment.run import export_saved_model, is_chief, save_keras  # noqa: E402
 from patchup_tf.optimizer import TorchSGD  # noqa: E402
 from patchup_tf.training import MixingModel  # noqa: E402
 from tests.helpers.tiny import data, tiny_model  # noqa: E402

@@ -6,7 +6,7 @@ background, alongside B's first part). Run B: the same command in another
 committed), started again and SIGKILLed while it writes a checkpoint or a
 log (best effort), then run to the end. B's log (all but `seconds`), final
 checkpoint, best weights and report must equal A's (to an ulp or so, see
-below; tests/scripts/test_determinism.py asserts bitwise equality), and after
+below; tests/cli/test_determinism.py asserts bitwise equality), and after
 every kill every file in the folder must load. A folder of an older
 version (its resume point `state.npz`) is refused.
 """
@@ -18,7 +18,8 @@ import time
 import numpy as np
 import pytest
 
-from tests.scripts.conftest import (
+from tests.helpers.trainer import (
+    resolve,
     check_files_load,
     committed_epoch,
     describe,
@@ -116,7 +117,7 @@ def test_killed_run_resumes_exactly(fabricated, tmp_path):
     state_a, meta_a = read_state(exp_a)
     state_b, meta_b = read_state(exp_b)
     assert sorted(state_a) == sorted(state_b)
-    # Bitwise equality is the rule (tests/scripts/test_determinism.py asserts it);
+    # Bitwise equality is the rule (tests/cli/test_determinism.py asserts it);
     # here, where kill-safety is the point, an ulp or so is let through: once
     # in four runs of this test, two conv biases and their momenta differed by
     # <= 3e-9 (the logs did not), a residual of TensorFlow's CPU kernels that
@@ -150,8 +151,6 @@ def test_folder_of_an_older_version_is_refused(tmp_path):
     checkpoint: exit 2, one message, the folder untouched."""
     argv = ["--dataset", "digits", "--method", "hard_patchup", "--arch", "wrn28_2",
             "--epochs", "1", "--root_dir", str(tmp_path / "experiments")]
-    from patchup_tf.experiment import resolve
-
     _, config = resolve(argv)
     exp = config["experiment_dir"]
     os.makedirs(exp)

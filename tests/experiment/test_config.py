@@ -9,10 +9,9 @@ import sys
 
 import pytest
 
-from patchup_tf import flags
-from patchup_tf.experiment import resolve
+from patchup_tf.experiment import config as flags
 from patchup_tf.methods import METHODS, NUM_POSITIONS, PAPER_DEFAULTS, Method
-from tests.scripts.conftest import ORIGINAL_COMMANDS, REPO, original_tokens
+from tests.helpers.trainer import ORIGINAL_COMMANDS, REPO, original_tokens, resolve
 
 
 def parse(argv):

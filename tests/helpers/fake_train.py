@@ -1,8 +1,8 @@
 """A stand-in for scripts/train.py in the sweep's fast tests.
 
 It imports nothing from patchup_tf (whose import loads TensorFlow): the test
-writes, for every command of the grid, its experiment folder and parsed
-flags into the JSON file named by FAKE_RUNS (see `test_sweep.py`). The fake
+writes, for every command of the grid, its experiment folder and its
+flags.json into the JSON file named by FAKE_RUNS (see `test_sweep.py`). The fake
 writes what a finished run leaves behind (flags.json, report.json,
 saved_model/) and appends its environment to `launches.jsonl` in the folder.
 `--add_name fail` exits 3 before finishing; `--add_name wait` waits until
@@ -22,13 +22,14 @@ ENV_KEYS = ("CUDA_VISIBLE_DEVICES", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_TH
 def main(argv):
     with open(os.environ["FAKE_RUNS"]) as f:
         run = json.load(f)[json.dumps(argv)]
-    folder, flags = run["folder"], run["flags"]
+    folder, config = run["folder"], run["config"]
+    flags = config["flags"]
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "launches.jsonl"), "a") as f:
         f.write(json.dumps({k: os.environ.get(k) for k in ENV_KEYS}) + "\n")
     print(f"fake run {folder}", flush=True)
     with open(os.path.join(folder, "flags.json"), "w") as f:
-        json.dump({"flags": flags, "experiment_dir": folder}, f)
+        json.dump(config, f)
     if flags["add_name"] == "fail":
         print("fake failure", flush=True)
         return 3

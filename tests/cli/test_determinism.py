@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.scripts.conftest import (
+from tests.helpers.trainer import (
     committed_epoch,
     describe,
     keras_weights,

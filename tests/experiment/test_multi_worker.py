@@ -21,7 +21,7 @@ import types
 import numpy as np
 import pytest
 
-from patchup_tf import experiment
+from patchup_tf.experiment import run as experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELPERS = os.path.join(ROOT, "tests", "helpers")
@@ -206,8 +206,8 @@ def experiment_dir(root):
 
 
 def state_arrays(exp_dir):
-    """`(arrays, meta)` of the folder's latest checkpoint (see patchup_tf.checkpoints)."""
-    from patchup_tf.checkpoints import read_checkpoint
+    """`(arrays, meta)` of the folder's latest checkpoint (see patchup_tf.experiment.checkpoints)."""
+    from patchup_tf.experiment.checkpoints import read_checkpoint
 
     return read_checkpoint(exp_dir)
 
@@ -244,7 +244,7 @@ def test_train_loop_equals_fit_on_one_host():
     import keras
     import tensorflow as tf
 
-    from patchup_tf.distributed import _check_batch, train_loop
+    from patchup_tf.experiment.distributed import _check_batch, train_loop
     from patchup_tf.optimizer import TorchSGD
     from tests.helpers.tiny import data, tiny_model
 

@@ -47,45 +47,26 @@ on storage all hosts share.
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 
 import numpy as np
 import tensorflow as tf
 
+from patchup_tf.experiment.folder import (  # noqa: F401  (re-exported)
+    CHECKPOINT_DIR,
+    INDEX_FILE,
+    LEGACY_STATE,
+    NAME,
+    committed_epoch,
+    has_checkpoint,
+)
 from patchup_tf.files import fsync
 
 __all__ = [
     "CHECKPOINT_DIR", "INDEX_FILE", "LEGACY_STATE", "RunCheckpoint", "committed_epoch",
     "has_checkpoint", "read_checkpoint",
 ]
-
-CHECKPOINT_DIR = "checkpoints"
-INDEX_FILE = os.path.join(CHECKPOINT_DIR, "checkpoint")  # exists once an epoch is done
-LEGACY_STATE = "state.npz"  # the resume point of older versions
-NAME = "epoch"
-_INDEX_LINE = re.compile(r'^model_checkpoint_path:\s*"(?:.*/)?' + NAME + r'-(\d+)"\s*$', re.M)
-
-
-def has_checkpoint(exp_dir):
-    """Whether `exp_dir` holds a committed checkpoint (a completed epoch)."""
-    return committed_epoch(exp_dir) is not None
-
-
-def committed_epoch(exp_dir):
-    """The number of epochs completed per `exp_dir`'s checkpoint index
-    (its `epoch-N` name), or None before the first commit.
-
-    Reads the small index file only: cheap enough to poll.
-    """
-    try:
-        with open(os.path.join(exp_dir, INDEX_FILE)) as f:
-            match = _INDEX_LINE.search(f.read())
-    except OSError:
-        return None
-    return int(match.group(1)) if match else None
-
 
 def clean(directory):
     """Deletes what a killed save left in `directory`: all but the index and

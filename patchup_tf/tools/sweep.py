@@ -56,12 +56,9 @@ import subprocess
 import sys
 import time
 
-from patchup_tf import flags as flags_lib
-from patchup_tf.checkpoints import has_checkpoint
+from patchup_tf.experiment import config as flags_lib
+from patchup_tf.experiment.folder import has_checkpoint
 
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
 LOG_DIR = "sweep_logs"
 
 # The trainer, as a command prefix (`patchup-train`).
@@ -70,7 +67,6 @@ TRAIN_COMMAND = [sys.executable, "-m", "patchup_tf.cli.train"]
 # Trainer flags that do not change what a finished folder holds (a finished
 # run made with other values of these is still skipped; --fsgm_attack and
 # --affine_test are checked against report.json instead).
-_NOT_COMPARED = frozenset(flags_lib.OUTPUT_FLAGS)
 
 
 class SweepError(ValueError):
@@ -85,9 +81,10 @@ class Run:
     """One command of the grid: its trainer argv, its value of each swept
     flag (`combo`), its parsed flags and its experiment folder."""
 
-    def __init__(self, index, argv, combo, args, folder):
-        self.index, self.argv, self.combo, self.args = index, argv, combo, args
-        self.folder, self.name = folder, os.path.basename(folder)
+    def __init__(self, index, argv, combo, config):
+        self.index, self.argv, self.combo, self.config = index, argv, combo, config
+        self.args = config.args
+        self.folder, self.name = config.experiment_dir, config.name
 
     def command(self):
         return [*TRAIN_COMMAND, *self.argv]
@@ -233,7 +230,8 @@ def expand(options, axes):
     runs, errors, folders = [], collections.OrderedDict(), {}
     for argv, combo in commands:
         try:
-            args, folder = resolve(argv, parser)
+            config = flags_lib.RunConfig.from_argv(argv, parser)
+            folder = config.experiment_dir
         except (_ParseError, ValueError) as e:  # FlagError is a ValueError
             errors.setdefault(str(e), []).append(argv)
             continue
@@ -245,7 +243,7 @@ def expand(options, axes):
                 f"{', '.join(differ)}; sweep such a flag in separate sweeps, each with its own "
                 f"--add_name or --root_dir (runs: train.py {shlex.join(other.argv)} and "
                 f"train.py {shlex.join(argv)})")
-        run = Run(len(runs), argv, combo, args, folder)
+        run = Run(len(runs), argv, combo, config)
         folders[folder] = run
         runs.append(run)
     if errors:
@@ -256,17 +254,6 @@ def expand(options, axes):
             + (f"; {more} other problem{'s' if more > 1 else ''} too" if more else "")
             + "; nothing was run")
     return runs
-
-
-def resolve(argv, parser=None):
-    """`(args, experiment_folder)` of one trainer command, as the trainer names it.
-
-    The trainer's own checks (`flags.resolve`); raises `_ParseError` or
-    `flags.FlagError`.
-    """
-    parser = parser or _trainer_parser()
-    resolved = flags_lib.resolve(parser.parse_args(argv))
-    return resolved.args, os.path.join(resolved.args.root_dir, resolved.name)
 
 
 # ------------------------------------------------------------------ status
@@ -288,11 +275,10 @@ def is_finished(run):
     if run.args.affine_test and "affine" not in report:
         return False
     saved = _read_json(os.path.join(run.folder, "flags.json"))
-    saved = saved.get("flags") if isinstance(saved, dict) else None
-    if not isinstance(saved, dict):
-        return False  # let the trainer decide
-    now = json.loads(json.dumps(vars(run.args), default=list))
-    return all(saved[k] == now[k] for k in now.keys() & saved.keys() if k not in _NOT_COMPARED)
+    try:
+        return not flags_lib.differences(saved, run.config.to_json())
+    except (ValueError, AttributeError):
+        return False  # not a flags.json of this trainer: let the trainer decide
 
 
 def log_path(root_dir, name):
@@ -358,12 +344,12 @@ def _result_detail(run, seconds):
 
 
 # --------------------------------------------------------------------- run
-class _Interrupted(Exception):
+class Interrupted(Exception):
     pass
 
 
 def _raise_interrupted(signum, frame):
-    raise _Interrupted(signal.Signals(signum).name)
+    raise Interrupted(signal.Signals(signum).name)
 
 
 def execute(runs, options):
@@ -411,7 +397,7 @@ def execute(runs, options):
                     log_file = log_path(options.root_dir, run.name)
                     progress.line("FAILED", run, f"exit {proc.returncode} after "
                                   f"{_duration(seconds)}, log: {log_file}")
-    except (KeyboardInterrupt, _Interrupted):
+    except (KeyboardInterrupt, Interrupted):
         for proc in running:
             if proc.poll() is None:
                 proc.terminate()
@@ -425,62 +411,9 @@ def execute(runs, options):
             log.close()
         print(f"sweep interrupted: {len(done)} done, {len(running)} stopped, "
               f"{len(pending)} not started; the same command continues it", flush=True)
-        raise _Interrupted from None
+        raise Interrupted from None
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     return done, failed
 
-
-USAGE = __doc__
-
-
-def main(argv=None):
-    """`scripts/sweep.py`: exit 0 all done, 1 a run failed, 2 bad flags, 130 interrupted."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        options, axes = parse(argv)
-        if options.help:
-            print(USAGE)
-            return 0
-        runs = expand(options, axes)
-    except SweepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    i, n = options.shard
-    selected = runs[i::n]
-    finished = [r for r in selected if is_finished(r)]
-    todo = [r for r in selected if r not in finished]
-    if options.dry_run:
-        for run in selected:
-            prefix = "# finished: " if run in finished else ""
-            print(prefix + shlex.join(run.command()))
-        return 0
-    if todo:
-        try:
-            os.makedirs(os.path.join(options.root_dir, LOG_DIR), exist_ok=True)
-        except OSError as e:
-            print(f"error: cannot create {os.path.join(options.root_dir, LOG_DIR)}: "
-                  f"{e.strerror or e}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-    parallel = options.parallel or (len(options.gpus) if options.gpus else 1)
-    where = f"shard {i}/{n}: {len(selected)} of {len(runs)} runs" if n > 1 else f"{len(runs)} runs"
-    print(f"sweep: {where}; {len(finished)} already finished, {len(todo)} to run, "
-          f"{parallel} at a time" + (f" on GPUs {','.join(options.gpus)}" if options.gpus else "")
-          + f"; logs in {os.path.join(options.root_dir, LOG_DIR)}", flush=True)
-    for run in finished:
-        print(f"skipped  {run.name} (finished)", flush=True)
-    try:
-        done, failed = execute(todo, options)
-    except _Interrupted:
-        return EXIT_INTERRUPTED
-    print(f"sweep finished: {len(selected)} runs: {len(done)} done, {len(finished)} skipped "
-          f"(already finished), {len(failed)} failed", flush=True)
-    for run, code in failed:
-        print(f"  failed (exit {code}): {shlex.join(run.command())}\n"
-              f"    log: {log_path(options.root_dir, run.name)}", flush=True)
-    return EXIT_FAILED if failed else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""`patchup_tf.checkpoints`: the resume point, its index and its clean-up."""
+"""`patchup_tf.experiment.checkpoints`: the resume point, its index and its clean-up."""
 
 import math
 import os
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from patchup_tf.checkpoints import (
+from patchup_tf.experiment.checkpoints import (
     RunCheckpoint,
     clean,
     committed_epoch,

@@ -19,8 +19,8 @@ import pickle
 import numpy as np
 import pytest
 
-from patchup_tf.experiment import LOG_FIELDS
-from tests.scripts.conftest import (
+from patchup_tf.experiment.logs import LOG_FIELDS
+from tests.helpers.trainer import (
     describe,
     keras_weights,
     only_experiment,

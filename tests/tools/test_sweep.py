@@ -1,7 +1,7 @@
 """`scripts/sweep.py`: the grid, its checks, skipping, failures, and a real kill.
 
 Most tests run the sweep in-process with a stand-in trainer
-(`tests/scripts/fake_train.py`, no TensorFlow); the last one runs a real
+(`tests/cli/fake_train.py`, no TensorFlow); the last one runs a real
 2 methods x 2 seeds grid through `scripts/train.py`, SIGKILLs the sweep
 after its first run finishes and starts it again.
 """
@@ -17,11 +17,18 @@ import time
 
 import pytest
 
-from patchup_tf import sweep
+from patchup_tf.cli import sweep as sweep_cli
+from patchup_tf.experiment.config import RunConfig
+from patchup_tf.tools import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-FAKE = os.path.join(REPO, "tests", "scripts", "fake_train.py")
+FAKE = os.path.join(REPO, "tests", "helpers", "fake_train.py")
 TINY = ["--dataset", "digits", "--arch", "wrn28_2", "--epochs", "1"]
+
+
+def _resolve(argv):
+    config = RunConfig.from_argv(argv)
+    return config.args, config.experiment_dir
 
 
 @pytest.fixture
@@ -34,7 +41,8 @@ def fake(monkeypatch, tmp_path):
 
     def expand_and_tell(options, axes):
         runs = expand(options, axes)
-        table = {json.dumps(r.argv): {"folder": r.folder, "flags": vars(r.args)} for r in runs}
+        table = {json.dumps(r.argv): {"folder": r.folder, "config": r.config.to_json()}
+                 for r in runs}
         with open(runs_file, "w") as f:
             json.dump(table, f)
         return runs
@@ -43,7 +51,7 @@ def fake(monkeypatch, tmp_path):
 
 
 def _sweep(capsys, *args):
-    code = sweep.main([str(a) for a in args])
+    code = sweep_cli.main([str(a) for a in args])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -70,10 +78,11 @@ def _launches(folder):
 
 def _finish(root, argv):
     """Makes `argv`'s folder look like a finished run; returns the folder."""
-    args, folder = sweep.resolve(["--root_dir", str(root), *argv])
+    config = RunConfig.from_argv(["--root_dir", str(root), *argv])
+    folder = config.experiment_dir
     os.makedirs(os.path.join(folder, "saved_model"))
     with open(os.path.join(folder, "flags.json"), "w") as f:
-        json.dump({"flags": vars(args)}, f)
+        json.dump(config.to_json(), f)
     with open(os.path.join(folder, "report.json"), "w") as f:
         json.dump({"test": {"error": 1.0}}, f)
     return folder
@@ -149,7 +158,7 @@ def test_parallel_runs_skips_and_failures(tmp_path, capsys, fake, monkeypatch):
     assert "4 runs: 2 done, 0 skipped (already finished), 2 failed" in out
     assert len(re.findall(r"^\[[#-]+\] \d/4 (done|FAILED) ", out, re.M)) == 4
     assert out.count("failed (exit 3)") == 2
-    folders = {a: sweep.resolve(["--root_dir", str(root), *TINY, "--method", m,
+    folders = {a: _resolve(["--root_dir", str(root), *TINY, "--method", m,
                                  "--add_name", a])[1]
                for m in ("vanilla",) for a in ("wait", "fail")}
     threads = str(max(1, sweep._cores() // 2))
@@ -179,7 +188,7 @@ def test_gpus_one_run_per_gpu(tmp_path, capsys, fake, monkeypatch):
     assert code == 0, out + err
     gpus = set()
     for seed in ("0", "1"):
-        _, folder = sweep.resolve(["--root_dir", str(root), *TINY, "--add_name", "wait",
+        _, folder = _resolve(["--root_dir", str(root), *TINY, "--add_name", "wait",
                                    "--seed", seed])
         gpus.add(_launches(folder)[0]["CUDA_VISIBLE_DEVICES"])
     assert gpus == {"3", "5"}
@@ -187,7 +196,7 @@ def test_gpus_one_run_per_gpu(tmp_path, capsys, fake, monkeypatch):
 
 def test_interrupted_and_changed_runs_are_run_again(tmp_path, capsys, fake):
     root = tmp_path / "runs"
-    _, killed = sweep.resolve(["--root_dir", str(root), *TINY, "--seed", "0"])
+    _, killed = _resolve(["--root_dir", str(root), *TINY, "--seed", "0"])
     os.makedirs(os.path.join(killed, "checkpoints"))
     with open(os.path.join(killed, "checkpoints", "checkpoint"), "w") as f:  # a killed
         f.write('model_checkpoint_path: "epoch-0"\n')  # run's resume point
@@ -259,7 +268,7 @@ def test_real_grid_killed_and_started_again(tmp_path):
         assert os.path.exists(sweep.log_path(str(root), d))
 
     # The comparison of the real folders: two methods, two seeds each.
-    from patchup_tf import compare
+    from patchup_tf.tools import compare
 
     result = compare.compare([str(root)])
     assert [g["fields"]["method"] for g in result["groups"]] == ["vanilla", "mixup"]

@@ -34,14 +34,14 @@ locally, on the whole validation and test sets, which keeps them in step.
 Saving a `tf.train.Checkpoint` may involve collective ops, so at each epoch
 end every worker saves one, as TensorFlow's multi-worker guide prescribes:
 the chief into the experiment folder, the others into a local temporary
-folder deleted right after (`patchup_tf.checkpoints`). The chief alone
+folder deleted right after (`patchup_tf.experiment.checkpoints`). The chief alone
 writes the other files (logs, `.keras`, the SavedModel: the tests save those
 on the chief alone); the other workers write nothing to the experiment
 folder.
 
 Checkpoints and preemption. The experiment's `checkpoints/` (model,
 optimizer, progress and best weights, committed by the chief at each epoch
-end through a `tf.train.CheckpointManager`, see `patchup_tf.checkpoints`)
+end through a `tf.train.CheckpointManager`, see `patchup_tf.experiment.checkpoints`)
 plays the part of Keras' `BackupAndRestore` (`save_freq="epoch"`): a job
 killed at any point, restarted with the same command on every worker,
 resumes after the last completed epoch and ends with the weights of an

@@ -5,12 +5,12 @@ import os
 
 import pytest
 
-from patchup_tf import flags
-from tests.scripts.conftest import experiment_dirs, run_train
+from patchup_tf.experiment import config as flags
+from tests.helpers.trainer import experiment_dirs, run_train
 
 
 def resolve(argv):
-    return flags.resolve(flags.build_parser().parse_args(argv))
+    return flags.RunConfig.from_argv(argv)
 
 
 def test_keras_arch_flags_resolve_and_name_the_folder():

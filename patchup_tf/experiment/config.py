@@ -6,13 +6,16 @@ reference's argparse defaults, such as `--alpha 0`, are not the paper's).
 """
 
 import argparse
+import json
 import math
 import os
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
-# `rules` does not import TensorFlow: a bad command line is answered at once.
+# Nothing here imports TensorFlow: a bad command line is answered at once.
+from patchup_tf.errors import UsageError
 from patchup_tf.rules import (
     ARCHS,
+    application_name,
     DATASETS,
     LOSSES,
     METHOD_SPECS,
@@ -41,9 +44,12 @@ OUTPUT_FLAGS = ("root_dir", "data_dir", "verbose", "resume", "strategy", "jit_co
 # Flags replaced by a resolved value in flags.json (the method, its options, the schedule).
 RESOLVED_FLAGS = ("train", "method", "patchup_type", "epochs", "schedule", "step_factors",
                   "precision", "mixed_precision", *(flag[2:] for flag in OPTION_FLAGS))
+# Runs that differ only in these are replicates of one setting.
+REPLICATE_FLAGS = ("seed", "job_id")
+_NOT_IDENTITY = frozenset((*OUTPUT_FLAGS, *COMPAT_FLAGS, *RESOLVED_FLAGS))
 
 
-class FlagError(ValueError):
+class FlagError(UsageError):
     """A command line that cannot run; the message says why and what to do."""
 
 
@@ -149,10 +155,10 @@ def arch_name(value):
     """`--arch`: a paper architecture or `keras:<keras.applications name>`."""
     if value in ARCHS:
         return value
-    if value.startswith("keras:"):
+    if application_name(value) is not None:
         from patchup_tf.models.applications import APPLICATION_NAMES
 
-        if value[len("keras:"):] in APPLICATION_NAMES:
+        if application_name(value) in APPLICATION_NAMES:
             return value
         raise argparse.ArgumentTypeError(
             f"{value!r}: no keras.applications network of that name; valid names: "
@@ -163,7 +169,8 @@ def arch_name(value):
 
 def check_image_size(args):
     """`--image_size` and `--weights` against the arch; raises `FlagError`."""
-    if not args.arch.startswith("keras:"):
+    name = application_name(args.arch)
+    if name is None:
         if args.image_size not in (None, 32):
             raise FlagError(f"--image_size {args.image_size}: the paper's architectures take "
                             "32x32 images; use a keras:<Name> arch for other sizes")
@@ -172,7 +179,6 @@ def check_image_size(args):
         return
     from patchup_tf.models.applications import min_input_size
 
-    name = args.arch[len("keras:"):]
     size = 32 if args.image_size is None else args.image_size
     if size < min_input_size(name):
         raise FlagError(f"--image_size {size}: {name} needs images of at least "
@@ -337,31 +343,99 @@ def experiment_name(args, method, epochs):
     return name
 
 
-class Resolved(NamedTuple):
-    """A checked command line: the flags and what they resolve to."""
+class RunConfig(NamedTuple):
+    """One run of the trainer: its flags and what they resolve to.
+
+    `RunConfig.from_argv` parses and checks a command line without importing
+    TensorFlow; `to_json()` is the experiment folder's `flags.json`;
+    `identity()` says which run it is (see `identity_of`).
+    """
 
     args: argparse.Namespace
     method: str
-    options: dict
+    method_options: dict
     epochs: int
     schedule: list
     step_factors: list
     name: str  # the experiment folder's name
+    argv: list
+    precision: Optional[str] = None  # the Keras dtype policy; None: `auto`, chosen at run time
+
+    @classmethod
+    def from_argv(cls, argv, parser=None):
+        """Parses and checks `argv` (with `parser`, default `build_parser()`);
+        raises `FlagError` naming the flag (argparse's own syntax errors exit 2
+        with its usage line)."""
+        args = (parser or build_parser()).parse_args(list(argv))
+        method = resolve_method(args)
+        epochs, schedule, factors = resolve_schedule(args)
+        options = method_options(args, method)
+        check_values(args, method, options)
+        check_image_size(args)
+        if args.affine_test and not args.affine_path:
+            raise FlagError("--affine_test needs --affine_path DIR (made by "
+                            "patchup-make-affine-sets)")
+        name = experiment_name(args, method, epochs)
+        if len(name.encode()) > 255:
+            raise FlagError(
+                f"the experiment folder name would be {len(name.encode())} bytes long, more "
+                "than file systems allow (255); shorten --add_name or --job_id")
+        precision = "mixed_bfloat16" if args.mixed_precision else (
+            None if args.precision == "auto" else args.precision)
+        return cls(args, method, options, epochs, schedule, factors, name, list(argv), precision)
+
+    @property
+    def experiment_dir(self):
+        return os.path.join(self.args.root_dir, self.name)
+
+    def to_json(self):
+        """The `flags.json` of the experiment folder."""
+        return {
+            "flags": vars(self.args), "method": self.method,
+            "method_options": self.method_options, "epochs": self.epochs,
+            "schedule": self.schedule, "step_factors": self.step_factors,
+            "experiment_dir": self.experiment_dir, "argv": self.argv,
+            "precision": self.precision,
+        }
+
+    def identity(self):
+        return identity_of(self.to_json())
 
 
-def resolve(args):
-    """Resolves and checks parsed flags (the method table's rules, the
-    schedule, the folder name); raises `FlagError` naming the flag."""
-    method = resolve_method(args)
-    epochs, schedule, factors = resolve_schedule(args)
-    options = method_options(args, method)
-    check_values(args, method, options)
-    check_image_size(args)
-    if args.affine_test and not args.affine_path:
-        raise FlagError("--affine_test needs --affine_path DIR (made by patchup-make-affine-sets)")
-    name = experiment_name(args, method, epochs)
-    if len(name.encode()) > 255:
-        raise FlagError(
-            f"the experiment folder name would be {len(name.encode())} bytes long, more "
-            "than file systems allow (255); shorten --add_name or --job_id")
-    return Resolved(args, method, options, epochs, schedule, factors, name)
+def identity_of(config):
+    """Which run a `flags.json` describes, as one flat dict.
+
+    The resolved method, its options (the paper's where unset), epochs,
+    schedule, step factors and precision, then every other flag except
+    those that only say where and how the run is written (`OUTPUT_FLAGS`),
+    the original's no-op flags (`COMPAT_FLAGS`) and the flags replaced by a
+    resolved value (`RESOLVED_FLAGS`). Two runs with the same identity are
+    the same run; runs that differ only in `REPLICATE_FLAGS` are replicates
+    of one setting. Resume, `sweep` and `compare` all go by it.
+    """
+    flags, method = config.get("flags"), config.get("method")
+    if not isinstance(flags, dict) or not isinstance(method, str):
+        raise ValueError("flags.json lacks the run's flags or method")
+    fields = {"method": method}
+    for key in ("dataset", "arch"):
+        if key in flags:
+            fields[key] = flags[key]
+    for key in ("epochs", "schedule", "step_factors", "precision"):
+        if key in config:
+            fields[key] = config[key]
+    for key in sorted(flags):
+        if key not in _NOT_IDENTITY and key not in fields:
+            fields[key] = flags[key]
+    options = {**PAPER_DEFAULTS.get(method, {}), **(config.get("method_options") or {})}
+    for key in sorted(options):
+        fields[key] = options[key]
+    return json.loads(json.dumps(fields, default=list))
+
+
+def differences(saved, now):
+    """The identity fields in which two `flags.json` differ. Fields only one
+    of them has (a flag added by a later version) and a precision still to
+    be chosen (None) match anything."""
+    a, b = identity_of(saved), identity_of(now)
+    return [key for key in a if key in b and a[key] != b[key]
+            and not (key == "precision" and None in (a[key], b[key]))]

@@ -1,8 +1,7 @@
-"""Fixtures and helpers for running `scripts/train.py` as a subprocess.
+"""Helpers for running `scripts/train.py` as a subprocess and reading its folders.
 
 The data sets are tiny fabricated copies of CIFAR-10, CIFAR-100 and SVHN in
-torchvision's on-disk formats (written by `tests/data/conftest.py`'s
-helpers), so the PyTorch original's command lines run offline in seconds per
+torchvision's on-disk formats (written by `tests/helpers/datasets.py`)), so the PyTorch original's command lines run offline in seconds per
 epoch.
 """
 
@@ -12,13 +11,11 @@ import shlex
 import subprocess
 import sys
 import time
-import types
 import zipfile
 
 import numpy as np
-import pytest
 
-from tests.data.conftest import random_set, write_cifar10, write_cifar100, write_svhn
+from tests.helpers.datasets import write_cifar10, write_cifar100, write_svhn
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(REPO, "scripts", "train.py")
@@ -166,9 +163,9 @@ def read_state(exp_dir):
 
     `arrays`: every saved variable by checkpoint key (the history left out:
     it holds wall-clock seconds); `meta`: `epoch`, `best_epoch`,
-    `best_valid_top1`, `history`, `prefix` (see `patchup_tf.checkpoints`).
+    `best_valid_top1`, `history`, `prefix` (see `patchup_tf.experiment.checkpoints`).
     """
-    from patchup_tf.checkpoints import read_checkpoint
+    from patchup_tf.experiment.checkpoints import read_checkpoint
 
     return read_checkpoint(exp_dir)
 
@@ -190,7 +187,7 @@ def report_without_folder(exp):
 def committed_epoch(exp_dir):
     """The epochs completed per the folder's checkpoint index; 0 before the
     first. Reads one small file (replaced atomically): cheap to poll."""
-    from patchup_tf.checkpoints import committed_epoch as read_index
+    from patchup_tf.experiment.checkpoints import committed_epoch as read_index
 
     epoch = read_index(exp_dir)
     return 0 if epoch is None else epoch
@@ -241,20 +238,9 @@ def check_files_load(exp_dir):
     assert not problems, "unreadable files after a kill:\n" + "\n".join(problems)
 
 
-@pytest.fixture(scope="session")
-def fabricated(tmp_path_factory):
-    """Tiny CIFAR-10, CIFAR-100 and SVHN folders in torchvision's formats.
+def resolve(argv):
+    """`(args, flags.json dict)` of a trainer command line, as the trainer checks it."""
+    from patchup_tf.experiment.config import RunConfig
 
-    Returns a namespace with `dirs[name]` (the folder to pass as --data_dir),
-    plus the writer helpers for tests that need broken copies.
-    """
-    root = tmp_path_factory.mktemp("data")
-    dirs = {}
-    for i, name in enumerate(("cifar10", "cifar100", "svhn")):
-        k = NUM_CLASSES[name]
-        x, y = random_set(TRAIN_PER_CLASS[name] * k, k, seed=10 + i)
-        xt, yt = random_set(TEST_SIZE[name], k, seed=20 + i)
-        dirs[name] = os.path.join(str(root), name)
-        WRITERS[name](dirs[name], x, y, xt, yt)
-    return types.SimpleNamespace(dirs=dirs, write=WRITERS, random_set=random_set,
-                                 num_classes=NUM_CLASSES)
+    config = RunConfig.from_argv(argv)
+    return config.args, config.to_json()

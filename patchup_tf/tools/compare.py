@@ -27,25 +27,18 @@ cannot be read, or whose report disagrees with its flags, is listed too.
 Every file is written atomically.
 """
 
-import argparse
 import csv
 import io
 import json
 import math
 import os
 import statistics
-import sys
 
-from patchup_tf import flags as flags_lib
-from patchup_tf.files import atomic_write
+from patchup_tf.experiment import config as flags_lib
+from patchup_tf.files import atomic_write, write_text
 
 OUTPUTS = ("comparison.md", "comparison.csv", "comparison.json", "comparison.png")
 MARKERS = ("flags.json", "report.json", "log.json")
-
-# Flags that do not define the setting: the seed and the run's bookkeeping.
-NOT_GROUPED = frozenset({"seed", "job_id", *flags_lib.OUTPUT_FLAGS, *flags_lib.COMPAT_FLAGS})
-# Flags replaced by their resolved values (the method, its options, the schedule).
-RESOLVED = frozenset(flags_lib.RESOLVED_FLAGS)
 
 
 class Problem(Exception):
@@ -80,32 +73,18 @@ def _number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _canonical(value):
-    """JSON-stable form (tuples are lists, 1 == 1.0 stays as written)."""
-    return json.loads(json.dumps(value))
-
-
 def setting(config):
-    """The grouping fields of a `flags.json`: resolved method, options, schedule, flags."""
-    flags = config.get("flags")
-    method = config.get("method")
-    if not isinstance(flags, dict) or not isinstance(method, str):
-        raise Problem("flags.json lacks the run's flags or method")
-    fields = {"method": method}
-    for key in ("dataset", "arch"):
-        if key in flags:
-            fields[key] = flags[key]
-    for key in ("epochs", "schedule", "step_factors", "precision"):
-        if key in config:
-            fields[key] = config[key]
-    for key in sorted(flags):
-        if key not in NOT_GROUPED and key not in RESOLVED and key not in fields:
-            fields[key] = flags[key]
-    options = {**flags_lib.PAPER_DEFAULTS.get(method, {}), **(config.get("method_options") or {})}
-    for key in sorted(options):
-        fields[key] = options[key]
-    return {k: _canonical(v) for k, v in fields.items()}, set(options)
-
+    """The grouping fields of a `flags.json`: its run identity less the seed and
+    job id (`patchup_tf.experiment.config.identity_of`), and its option names."""
+    try:
+        fields = flags_lib.identity_of(config)
+    except ValueError as e:
+        raise Problem(str(e)) from None
+    for key in flags_lib.REPLICATE_FLAGS:
+        fields.pop(key, None)
+    options = {**flags_lib.PAPER_DEFAULTS.get(config["method"], {}),
+               **(config.get("method_options") or {})}
+    return fields, set(options)
 
 def read_experiment(folder):
     """`("complete" | "incomplete", record)`; raises `Problem` for an unusable folder."""
@@ -333,7 +312,7 @@ def markdown_table(header, rows):
                       *(line(r) for r in rows)])
 
 
-def _listing(incomplete, problems):
+def listing(incomplete, problems):
     lines = []
     if incomplete:
         lines.append(f"Incomplete (no report.json, not averaged): {len(incomplete)}")
@@ -356,14 +335,14 @@ def write_outputs(out_dir, groups, varying, implied, columns, incomplete, proble
     if implied:
         md += [f"Also different between rows, following from the columns shown: "
                f"{', '.join(implied)} (see comparison.json).", ""]
-    extra = _listing(incomplete, problems)
+    extra = listing(incomplete, problems)
     if extra:
         md += [*extra, ""]
     md += ["Runs per row:", ""]
     for g in groups:
         md.append(f"- {_label(g, varying)}: " + ", ".join(
             os.path.basename(r["folder"]) for r in g["runs"]))
-    _write_text(os.path.join(out_dir, "comparison.md"), "\n".join(md) + "\n")
+    write_text(os.path.join(out_dir, "comparison.md"), "\n".join(md) + "\n")
 
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -377,7 +356,7 @@ def write_outputs(out_dir, groups, varying, implied, columns, incomplete, proble
             row += [repr(stat["mean"]), "" if stat["sd"] is None else repr(stat["sd"]),
                     stat["n"]] if stat else ["", "", 0]
         writer.writerow(row)
-    _write_text(os.path.join(out_dir, "comparison.csv"), buf.getvalue())
+    write_text(os.path.join(out_dir, "comparison.csv"), buf.getvalue())
 
     doc = {
         "varying": varying, "implied": implied, "columns": columns,
@@ -388,18 +367,10 @@ def write_outputs(out_dir, groups, varying, implied, columns, incomplete, proble
                         "epochs": r.get("epochs")} for r in incomplete],
         "problems": problems,
     }
-    _write_text(os.path.join(out_dir, "comparison.json"),
+    write_text(os.path.join(out_dir, "comparison.json"),
                 json.dumps(doc, indent=2, sort_keys=True) + "\n")
     write_plot(os.path.join(out_dir, "comparison.png"), groups, varying, columns)
     return table
-
-
-def _write_text(path, text):
-    def write(tmp):
-        with open(tmp, "w", newline="") as f:
-            f.write(text)
-
-    atomic_write(path, write)
 
 
 def write_plot(path, groups, varying, columns):
@@ -458,44 +429,3 @@ def compare(directories, out_dir=None):
     return {"groups": groups, "varying": varying, "implied": implied, "columns": columns,
             "incomplete": incomplete,
             "problems": problems, "table": table, "out_dir": out_dir}
-
-
-def build_parser():
-    p = argparse.ArgumentParser(
-        prog="compare.py", description=__doc__.split("\n\n")[0],
-        epilog="Writes comparison.md/.csv/.json/.png; exit 0, 1 if no finished run was found, "
-               "2 bad arguments.")
-    p.add_argument("dirs", nargs="+", metavar="DIR", help="folders holding experiment folders")
-    p.add_argument("--out", default=None, help="where the comparison files go (default: "
-                   "the first DIR)")
-    return p
-
-
-def main(argv=None):
-    """`scripts/compare.py`: prints the table and writes the comparison files."""
-    parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
-    missing = [d for d in args.dirs if not os.path.isdir(d)]
-    if missing:
-        parser.exit(2, f"error: not a folder: {', '.join(missing)}\n")
-    try:
-        result = compare(args.dirs, args.out)
-    except OSError as e:
-        parser.exit(2, f"error: cannot write the comparison into {args.out or args.dirs[0]}: "
-                       f"{e.strerror or e}\n")
-    if result["groups"]:
-        print(result["table"])
-    else:
-        print(f"no finished experiment under {', '.join(args.dirs)}")
-    listing = _listing(result["incomplete"], result["problems"])
-    if listing:
-        print()
-        print("\n".join(listing))
-    runs = sum(len(g["runs"]) for g in result["groups"])
-    print(f"{runs} finished runs in {len(result['groups'])} groups; wrote "
-          + ", ".join(os.path.join(result["out_dir"], name) for name in OUTPUTS))
-    return 0 if result["groups"] else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import scipy.io
 
-from tests.data.conftest import chw_rows, dump
-from tests.scripts.conftest import (
+from tests.helpers.datasets import chw_rows, dump
+from tests.helpers.trainer import (
     check_files_load,
     describe,
     experiment_dirs,
@@ -259,15 +259,12 @@ def test_global_batch_not_divisible_by_replicas_exits_2(monkeypatch, tmp_path, c
     """The global batch is split over replicas: 100 over 3 cannot be, exit 2 with the fix."""
     import types
 
-    import pytest
-
-    from patchup_tf import experiment
+    from patchup_tf.cli.train import main
+    from patchup_tf.experiment import run as experiment
 
     monkeypatch.setattr(experiment, "make_strategy",
                         lambda name: types.SimpleNamespace(num_replicas_in_sync=3))
-    with pytest.raises(SystemExit) as exit_info:
-        experiment.run(["--dataset", "digits", "--root_dir", str(tmp_path), "--batch_size", "100"])
-    assert exit_info.value.code == 2
+    assert main(["--dataset", "digits", "--root_dir", str(tmp_path), "--batch_size", "100"]) == 2
     err = capsys.readouterr().err
     assert "--batch_size 100" in err and "3 replicas" in err and "--batch_size 99" in err
     assert not any(tmp_path.iterdir())
