@@ -261,8 +261,11 @@ def test_keras_steps_times_the_train_function(through_fit):
 
 # ------------------------------------------------------- the trainer's auto
 def _trainer_precision(monkeypatch, argv, choice="mixed_bfloat16"):
-    """`experiment.resolve(argv)` with `resolve_precision` recorded, not run."""
+    """The trainer's choice for `argv` (`RunConfig`, then `run`'s `choose_precision`
+    with the dataset's class count), `resolve_precision` recorded, not run."""
+    from patchup_tf.data import NUM_CLASSES
     from patchup_tf.experiment import run as experiment
+    from patchup_tf.experiment.config import RunConfig
 
     calls = []
 
@@ -271,8 +274,10 @@ def _trainer_precision(monkeypatch, argv, choice="mixed_bfloat16"):
         return choice
 
     monkeypatch.setattr(experiment.precision_lib, "resolve_precision", fake)
-    _, config = experiment.resolve(argv)
-    return config, calls
+    config = RunConfig.from_argv(argv)
+    precision = config.precision or experiment.choose_precision(
+        config.args, config.experiment_dir, NUM_CLASSES[config.args.dataset])
+    return {**config.to_json(), "precision": precision}, calls
 
 
 @pytest.mark.parametrize("argv, shape, classes, allow", [
