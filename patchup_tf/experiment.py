@@ -138,15 +138,15 @@ def resolve(argv):
     try:
         args, method, options, epochs, schedule, factors, name = flags_lib.resolve(args)
         Method(method, **options)
-    except ValueError as e:
+        num_classes = data_lib.num_classes(args.dataset, args.data_dir)
+    except ValueError as e:  # DataError included
         parser.exit(EXIT_BAD_INPUT, f"error: {e}\n")
     config = {
         "flags": vars(args), "method": method, "method_options": options,
         "epochs": epochs, "schedule": schedule, "step_factors": factors,
         "experiment_dir": os.path.join(args.root_dir, name), "argv": list(argv),
     }
-    config["precision"] = choose_precision(args, config["experiment_dir"],
-                                           data_lib.NUM_CLASSES[args.dataset])
+    config["precision"] = choose_precision(args, config["experiment_dir"], num_classes)
     return args, config
 
 
@@ -171,10 +171,11 @@ def run(argv=None):
             args.dataset, args.data_dir, batch_size=args.batch_size,
             labels_per_class=args.labels_per_class,
             valid_labels_per_class=args.valid_labels_per_class, seed=args.seed,
-            image_size=args.image_size,
+            image_size=args.image_size, skip_bad_images=args.skip_bad_images,
         )
     except ValueError as e:  # DataError included
         fail(str(e))
+    config["data"] = describe_data(args, datasets)
     affine_sets = _find_affine_sets(args) if args.affine_test else []
 
     keras.mixed_precision.set_global_policy(config["precision"])
@@ -194,7 +195,7 @@ def run(argv=None):
     if chief:
         remove_stale_temporaries(exp_dir)
     with strategy.scope():
-        model = _build_model(args, config, datasets.num_classes)
+        model = _build_model(args, config, datasets.num_classes, datasets.image_shape)
     state = RunCheckpoint(model, exp_dir, chief)  # the chief also cleans a killed save up
     meta = {"epoch": -1, "best_valid_top1": -math.inf, "best_epoch": None, "history": []}
     if resuming:
@@ -278,6 +279,8 @@ def _check_same_run(exp_dir, config):
 
     if options(saved) != options(now):
         differ.append("method options")
+    if "data" in saved and saved["data"] != now.get("data"):  # the folder's files changed
+        differ.append("the data (class names, mean/std or skipped images)")
     differ += [f"--{k}" for k in _RUN_FLAGS
                if saved.get("flags", {}).get(k) != now["flags"].get(k)]
     if differ:
@@ -286,10 +289,26 @@ def _check_same_run(exp_dir, config):
              "another --job_id, --add_name or --root_dir")
 
 
-def _build_model(args, config, num_classes):
+def describe_data(args, datasets):
+    """What flags.json and report.json record of the data: the class names (in
+    label order), the normalisation (0-255 units) evaluation must reuse, the
+    image shape and an image folder's skipped files. Exits 2 if a paper
+    architecture would get images other than 32x32."""
+    if not args.arch.startswith("keras:") and tuple(datasets.image_shape[:2]) != (32, 32):
+        h, w = datasets.image_shape[:2]
+        fail(f"the images in {args.data_dir} are {h}x{w} but --arch {args.arch} takes 32x32; "
+             "pass --image_size 32, or use a keras:<Name> arch")
+    if datasets.skipped:
+        print(f"skipped {len(datasets.skipped)} unreadable images (listed in flags.json "
+              f"under data.skipped_images), e.g. {datasets.skipped[0]}")
+    return {"class_names": list(datasets.class_names), "mean": list(datasets.mean),
+            "std": list(datasets.std), "image_shape": list(datasets.image_shape),
+            "skipped_images": list(datasets.skipped)}
+
+
+def _build_model(args, config, num_classes, image_shape):
     if args.arch.startswith("keras:"):  # any keras.applications network, method attached
-        size = args.image_size or 32
-        network = keras_application(args.arch[len("keras:"):], (size, size, 3), num_classes,
+        network = keras_application(args.arch[len("keras:"):], tuple(image_shape), num_classes,
                                     weights=args.weights, bn_momentum=0.9)
         model = attach(network, config["method"], seed=args.seed, **config["method_options"])
     else:
@@ -432,6 +451,7 @@ def _final_report(args, config, model, datasets, exp_dir, meta, evaluate, affine
         "best_epoch": None if meta["best_epoch"] is None else meta["best_epoch"] + 1,
         "epochs_completed": meta["epoch"] + 1,
         "valid": evaluate(model, datasets.valid), "test": evaluate(model, datasets.test),
+        "data": config["data"],
     }
     if affine_sets:
         report["affine"] = evaluate_affine_sets(model, affine_sets, datasets.mean, datasets.std,

@@ -14,6 +14,7 @@ from typing import NamedTuple
 from patchup_tf.rules import (
     ARCHS,
     DATASETS,
+    FOLDER,
     LOSSES,
     METHOD_SPECS,
     METHODS,
@@ -71,7 +72,12 @@ def build_parser():
     )
     a = p.add_argument
     a("--dataset", default="cifar10", choices=DATASETS)
-    a("--data_dir", default=None, help="torchvision files or prepared TFDS data (not needed for digits)")
+    a("--data_dir", default=None,
+      help="torchvision files or prepared TFDS data (not needed for digits), or a folder of "
+           "images: DIR/train/<class>/*.jpg, DIR/test/<class>/..., optionally DIR/valid/<class>/ "
+           "(--dataset folder; --dataset cifar10 reads CIFAR-10's classes from one too)")
+    _bool_flag(p, "--skip_bad_images", "image folders: leave unreadable files out (counted "
+               "and listed in flags.json) instead of stopping")
     a("--root_dir", default="experiments", help="folder where experiment folders are created")
     a("--labels_per_class", type=int, default=None, help="training samples per class (default: the dataset's)")
     a("--valid_labels_per_class", type=int, default=None, help="validation samples per class (default: the dataset's)")
@@ -79,7 +85,8 @@ def build_parser():
       help=f"{', '.join(ARCHS)}, or keras:<Name> for any keras.applications network "
       "(e.g. keras:ResNet50V2), with the method attached at its cut points")
     a("--image_size", type=int, default=None,
-      help="resize every image to this square (default: the data set's own, 32)")
+      help="resize every image to this square (default: the data set's own, 32; an image "
+           "folder's, when all its images are one size)")
     a("--weights", default=None,
       help="keras:<Name> archs only: a weights file for the backbone, or imagenet")
     a("--epochs", type=int, default=None,
@@ -287,6 +294,14 @@ def resolve_schedule(args):
     return epochs, list(schedule), list(factors)
 
 
+def dataset_label(args):
+    """The data set in a folder name: `folder-<the folder's name>` for an image folder."""
+    if args.dataset != FOLDER:
+        return args.dataset
+    base = os.path.basename(os.path.normpath(os.path.abspath(args.data_dir)))
+    return "folder-" + "".join(c if c.isalnum() or c in "._-" else "_" for c in base)
+
+
 def experiment_name(args, method, epochs):
     """The reference's folder name, built from the same flags.
 
@@ -296,7 +311,7 @@ def experiment_name(args, method, epochs):
     """
     o = {**PAPER_DEFAULTS[method], **method_options(args, method)}
     train = "patchup" if method.endswith("_patchup") else method  # the reference's --train
-    name = (f"{args.dataset}_arch_{args.arch.replace(':', '-')}_train_{train}"
+    name = (f"{dataset_label(args)}_arch_{args.arch.replace(':', '-')}_train_{train}"
             f"_m_alpha_{o.get('alpha', 0.0)}"
             f"_eph_{epochs}_bs_{args.batch_size}_lr_{args.learning_rate}_mom_{args.momentum}"
             f"_decay_{args.decay}_seed_{args.seed}")
@@ -359,6 +374,9 @@ def resolve(args):
     check_image_size(args)
     if args.affine_test and not args.affine_path:
         raise FlagError("--affine_test needs --affine_path DIR (made by patchup-make-affine-sets)")
+    if args.dataset == FOLDER and not args.data_dir:
+        raise FlagError("--dataset folder needs --data_dir DIR, a folder of images: "
+                        "DIR/train/<class>/*.jpg and DIR/test/<class>/... (JPEG, PNG, BMP or GIF)")
     name = experiment_name(args, method, epochs)
     if len(name.encode()) > 255:
         raise FlagError(
