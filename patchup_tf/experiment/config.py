@@ -17,6 +17,7 @@ from patchup_tf.rules import (
     ARCHS,
     application_name,
     DATASETS,
+    FOLDER,
     LOSSES,
     METHOD_SPECS,
     METHODS,
@@ -47,6 +48,7 @@ RESOLVED_FLAGS = ("train", "method", "patchup_type", "epochs", "schedule", "step
 # Runs that differ only in these are replicates of one setting.
 REPLICATE_FLAGS = ("seed", "job_id")
 _NOT_IDENTITY = frozenset((*OUTPUT_FLAGS, *COMPAT_FLAGS, *RESOLVED_FLAGS))
+_KNOWN_AT_RUN_TIME = ("precision", "data")
 
 
 class FlagError(UsageError):
@@ -77,7 +79,12 @@ def build_parser():
     )
     a = p.add_argument
     a("--dataset", default="cifar10", choices=DATASETS)
-    a("--data_dir", default=None, help="torchvision files or prepared TFDS data (not needed for digits)")
+    a("--data_dir", default=None,
+      help="torchvision files or prepared TFDS data (not needed for digits), or a folder of "
+           "images: DIR/train/<class>/*.jpg, DIR/test/<class>/..., optionally DIR/valid/<class>/ "
+           "(--dataset folder; --dataset cifar10 reads CIFAR-10's classes from one too)")
+    _bool_flag(p, "--skip_bad_images", "image folders: leave unreadable files out (counted "
+               "and listed in flags.json) instead of stopping")
     a("--root_dir", default="experiments", help="folder where experiment folders are created")
     a("--labels_per_class", type=int, default=None, help="training samples per class (default: the dataset's)")
     a("--valid_labels_per_class", type=int, default=None, help="validation samples per class (default: the dataset's)")
@@ -85,7 +92,8 @@ def build_parser():
       help=f"{', '.join(ARCHS)}, or keras:<Name> for any keras.applications network "
       "(e.g. keras:ResNet50V2), with the method attached at its cut points")
     a("--image_size", type=int, default=None,
-      help="resize every image to this square (default: the data set's own, 32)")
+      help="resize every image to this square (default: the data set's own, 32; an image "
+           "folder's, when all its images are one size)")
     a("--weights", default=None,
       help="keras:<Name> archs only: a weights file for the backbone, or imagenet")
     a("--epochs", type=int, default=None,
@@ -293,6 +301,14 @@ def resolve_schedule(args):
     return epochs, list(schedule), list(factors)
 
 
+def dataset_label(args):
+    """The data set in a folder name: `folder-<the folder's name>` for an image folder."""
+    if args.dataset != FOLDER:
+        return args.dataset
+    base = os.path.basename(os.path.normpath(os.path.abspath(args.data_dir)))
+    return "folder-" + "".join(c if c.isalnum() or c in "._-" else "_" for c in base)
+
+
 def experiment_name(args, method, epochs):
     """The reference's folder name, built from the same flags.
 
@@ -302,7 +318,7 @@ def experiment_name(args, method, epochs):
     """
     o = {**PAPER_DEFAULTS[method], **method_options(args, method)}
     train = "patchup" if method.endswith("_patchup") else method  # the reference's --train
-    name = (f"{args.dataset}_arch_{args.arch.replace(':', '-')}_train_{train}"
+    name = (f"{dataset_label(args)}_arch_{args.arch.replace(':', '-')}_train_{train}"
             f"_m_alpha_{o.get('alpha', 0.0)}"
             f"_eph_{epochs}_bs_{args.batch_size}_lr_{args.learning_rate}_mom_{args.momentum}"
             f"_decay_{args.decay}_seed_{args.seed}")
@@ -360,6 +376,7 @@ class RunConfig(NamedTuple):
     name: str  # the experiment folder's name
     argv: list
     precision: Optional[str] = None  # the Keras dtype policy; None: `auto`, chosen at run time
+    data: Optional[dict] = None  # what the data turned out to be (`run.describe_data`)
 
     @classmethod
     def from_argv(cls, argv, parser=None):
@@ -375,6 +392,10 @@ class RunConfig(NamedTuple):
         if args.affine_test and not args.affine_path:
             raise FlagError("--affine_test needs --affine_path DIR (made by "
                             "patchup-make-affine-sets)")
+        if args.dataset == FOLDER and not args.data_dir:
+            raise FlagError("--dataset folder needs --data_dir DIR, a folder of images: "
+                            "DIR/train/<class>/*.jpg and DIR/test/<class>/... (JPEG, PNG, BMP "
+                            "or GIF)")
         name = experiment_name(args, method, epochs)
         if len(name.encode()) > 255:
             raise FlagError(
@@ -395,7 +416,7 @@ class RunConfig(NamedTuple):
             "method_options": self.method_options, "epochs": self.epochs,
             "schedule": self.schedule, "step_factors": self.step_factors,
             "experiment_dir": self.experiment_dir, "argv": self.argv,
-            "precision": self.precision,
+            "precision": self.precision, "data": self.data,
         }
 
     def identity(self):
@@ -420,7 +441,7 @@ def identity_of(config):
     for key in ("dataset", "arch"):
         if key in flags:
             fields[key] = flags[key]
-    for key in ("epochs", "schedule", "step_factors", "precision"):
+    for key in ("epochs", "schedule", "step_factors", "precision", "data"):
         if key in config:
             fields[key] = config[key]
     for key in sorted(flags):
@@ -434,8 +455,8 @@ def identity_of(config):
 
 def differences(saved, now):
     """The identity fields in which two `flags.json` differ. Fields only one
-    of them has (a flag added by a later version) and a precision still to
-    be chosen (None) match anything."""
+    of them has (a flag added by a later version), and a precision or data
+    not known yet (None, before the run starts), match anything."""
     a, b = identity_of(saved), identity_of(now)
     return [key for key in a if key in b and a[key] != b[key]
-            and not (key == "precision" and None in (a[key], b[key]))]
+            and not (key in _KNOWN_AT_RUN_TIME and None in (a[key], b[key]))]
