@@ -18,7 +18,7 @@ is decoded before anything trains, so an unreadable one is named at once.
 
 import logging
 import os
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Tuple
 
 import numpy as np
 import tensorflow as tf
