@@ -27,6 +27,7 @@ AFFINE_DATASETS = ("cifar100", FOLDER)  # whose test split the deformed sets may
 ARCHS = ("preactresnet18", "preactresnet34", "wrn28_10", "wrn28_2")
 LOSSES = ("bce", "ce")
 PATCHUP_MODES = ("soft", "hard")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # Keras dtype policies
 FGSM_EPS = (0.0, 0.05, 0.1, 0.12, 0.15, 0.18, 0.2)  # the paper's FGSM sweep
 KERAS_ARCH_PREFIX = "keras:"  # --arch keras:<Name>: a keras.applications network
 

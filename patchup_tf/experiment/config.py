@@ -23,6 +23,7 @@ from patchup_tf.rules import (
     METHODS,
     OPTIONS,
     PAPER_DEFAULTS,
+    PRECISIONS,
     cutout_default,
 )
 
@@ -73,19 +74,27 @@ def _bool_flag(parser, name, help_text, default=False):
 
 
 def build_parser():
+    """The trainer's flags: the PyTorch original's, and those beyond its recipe."""
     p = argparse.ArgumentParser(
         prog="train.py",
         description="Train a CNN with PatchUp or a baseline, with the reference's flags.",
     )
-    a = p.add_argument
+    for add in (_data_flags, _method_flags, _recipe_flags, _run_flags):
+        add(p)
+    return p
+
+
+def _data_flags(p):
+    """The data and the network."""
+    g = p.add_argument_group("data and network")
+    a = g.add_argument
     a("--dataset", default="cifar10", choices=DATASETS)
     a("--data_dir", default=None,
       help="torchvision files or prepared TFDS data (not needed for digits), or a folder of "
            "images: DIR/train/<class>/*.jpg, DIR/test/<class>/..., optionally DIR/valid/<class>/ "
            "(--dataset folder; --dataset cifar10 reads CIFAR-10's classes from one too)")
-    _bool_flag(p, "--skip_bad_images", "image folders: leave unreadable files out (counted "
+    _bool_flag(g, "--skip_bad_images", "image folders: leave unreadable files out (counted "
                "and listed in flags.json) instead of stopping")
-    a("--root_dir", default="experiments", help="folder where experiment folders are created")
     a("--labels_per_class", type=int, default=None, help="training samples per class (default: the dataset's)")
     a("--valid_labels_per_class", type=int, default=None, help="validation samples per class (default: the dataset's)")
     a("--arch", default="preactresnet18", type=arch_name, metavar="ARCH",
@@ -96,14 +105,18 @@ def build_parser():
            "folder's, when all its images are one size)")
     a("--weights", default=None,
       help="keras:<Name> archs only: a weights file for the backbone, or imagenet")
-    a("--epochs", type=int, default=None,
-      help=f"default: 2000 PreActResNet, 400 WRN (the paper's); {DIGITS_EPOCHS} on digits")
+
+
+def _method_flags(p):
+    """The method and its options (unset: the paper's settings)."""
+    g = p.add_argument_group("method")
+    a = g.add_argument
     a("--train", default=None, choices=TRAIN_CHOICES, help="the reference's method flag")
     a("--method", default=None, choices=METHODS, help="short form, e.g. soft_patchup")
     a("--alpha", type=float, default=None, help="Beta(alpha, alpha) for mixup/manifold mixup/PatchUp")
     a("--cutout", type=int, default=None, help="cutout side (default 16 PreActResNet, 8 WRN, 20 SVHN)")
     a("--drop_block", type=int, default=None, help="DropBlock block size (7)")
-    _bool_flag(p, "--drop_block_all", "DropBlock at every position 1..k (default: True, the "
+    _bool_flag(g, "--drop_block_all", "DropBlock at every position 1..k (default: True, the "
                "paper's)", default=None)
     a("--k", type=int, default=None, help="positions 0..k may mix (2)")
     a("--keep_prob", type=float, default=None, help="DropBlock keep probability (0.9)")
@@ -117,7 +130,7 @@ def build_parser():
     # Beyond the paper's recipe (unset: the paper's behaviour).
     a("--label_smoothing", type=float, default=None,
       help="eps in [0, 1): targets (1 - eps) y + eps / K before any mixing (0)")
-    _bool_flag(p, "--per_sample", "draw lam, boxes and masks per image, not per batch (False; "
+    _bool_flag(g, "--per_sample", "draw lam, boxes and masks per image, not per batch (False; "
                "mixup, manifold_mixup, cutmix, dropblock, PatchUp, mixup_cutmix)", default=None)
     a("--switch_prob", type=float, default=None,
       help="mixup_cutmix: probability of CutMix instead of Mixup (0.5)")
@@ -127,6 +140,14 @@ def build_parser():
     a("--mix_off_epoch", type=int, default=None,
       help="mix in the first E epochs only; epochs E+1.. train on clean targets "
            "(default: never stop)")
+
+
+def _recipe_flags(p):
+    """The optimiser and the schedule."""
+    g = p.add_argument_group("recipe")
+    a = g.add_argument
+    a("--epochs", type=int, default=None,
+      help=f"default: 2000 PreActResNet, 400 WRN (the paper's); {DIGITS_EPOCHS} on digits")
     a("--batch_size", type=int, default=100)
     a("--learning_rate", type=float, default=0.1)
     a("--momentum", type=float, default=0.9)
@@ -134,29 +155,35 @@ def build_parser():
     a("--schedule", type=int, nargs="+", default=None, help="lr milestones (epochs)")
     a("--step_factors", type=float, nargs="+", default=None, help="lr factor at each milestone")
     a("--seed", type=int, default=0)
+
+
+def _run_flags(p):
+    """Where and how the run is written, and the flags accepted for the original's command lines."""
+    g = p.add_argument_group("run")
+    a = g.add_argument
+    a("--root_dir", default="experiments", help="folder where experiment folders are created")
     a("--job_id", default="")
     a("--add_name", default="")
-    _bool_flag(p, "--checkpoint", "also keep the last checkpoint as the reference's --checkpoint")
-    _bool_flag(p, "--affine_test", "evaluate the deformed CIFAR-100 sets in --affine_path")
+    _bool_flag(g, "--checkpoint", "also keep the last checkpoint as the reference's --checkpoint")
+    _bool_flag(g, "--affine_test", "evaluate the deformed CIFAR-100 sets in --affine_path")
     a("--affine_path", default=None, help="folder written by scripts/make_affine_sets.py")
-    _bool_flag(p, "--fsgm_attack", "run the FGSM sweep on the test set at the end")
-    a("--precision", default="auto", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+    _bool_flag(g, "--fsgm_attack", "run the FGSM sweep on the test set at the end")
+    a("--precision", default="auto", choices=("auto", *PRECISIONS),
       help="auto: mixed_bfloat16 on a GPU with bf16 units, or on a CPU where one timed "
            "step of this network shows bf16 faster (measured once per machine, cached)")
-    _bool_flag(p, "--mixed_precision", "shorthand for --precision mixed_bfloat16")
-    _bool_flag(p, "--jit_compile", "compile the train step with XLA")
+    _bool_flag(g, "--mixed_precision", "shorthand for --precision mixed_bfloat16")
+    _bool_flag(g, "--jit_compile", "compile the train step with XLA")
     a("--strategy", default="default", choices=("default", "mirrored", "multi_worker"))
-    _bool_flag(p, "--deterministic", "deterministic TensorFlow kernels: the same command gives "
+    _bool_flag(g, "--deterministic", "deterministic TensorFlow kernels: the same command gives "
                "bitwise the same run on the same machine (default: True)", default=True)
-    _bool_flag(p, "--resume", "continue the experiment folder's last completed epoch (also automatic)")
+    _bool_flag(g, "--resume", "continue the experiment folder's last completed epoch (also automatic)")
     a("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras progress bar mode")
     # Accepted for compatibility with the reference; they change nothing here.
     for name in COMPAT_FLAGS:
         if name in ("dropout", "evaluate"):
-            _bool_flag(p, f"--{name}", argparse.SUPPRESS)
+            _bool_flag(g, f"--{name}", argparse.SUPPRESS)
         else:
             a(f"--{name}", type=int, default=None, help=argparse.SUPPRESS)
-    return p
 
 
 def arch_name(value):
