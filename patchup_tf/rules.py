@@ -13,10 +13,21 @@ import numbers
 from typing import Optional, Tuple
 
 NUM_POSITIONS = 5  # 0 = input images, 1 = after the stem, 2..4 = after stages 1..3
-DATASETS = ("cifar10", "cifar100", "svhn", "digits")
+DATASETS = ("cifar10", "cifar100", "svhn", "digits", "folder")
+FOLDER = "folder"  # a user's images, one sub-folder per class (`--data_dir DIR`)
+FOLDER_SPLITS = ("train", "valid", "test")  # DIR/<split>/<class>/...; valid/ is optional
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # lower case; names match any case
+# Data sets that are also read from a folder per class (DIR/train/<class>/), with
+# their class order (CIFAR-10's is its label order, which is also alphabetical).
+FOLDER_CLASSES = {
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                "ship", "truck"),
+}
+AFFINE_DATASETS = ("cifar100", FOLDER)  # whose test split the deformed sets may come from
 ARCHS = ("preactresnet18", "preactresnet34", "wrn28_10", "wrn28_2")
 LOSSES = ("bce", "ce")
 PATCHUP_MODES = ("soft", "hard")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # Keras dtype policies
 FGSM_EPS = (0.0, 0.05, 0.1, 0.12, 0.15, 0.18, 0.2)  # the paper's FGSM sweep
 KERAS_ARCH_PREFIX = "keras:"  # --arch keras:<Name>: a keras.applications network
 
@@ -43,6 +54,16 @@ def is_int(value):
 def is_real(value):
     """A Python or NumPy real number, not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_int(name, value, minimum, allow_none=False):
+    """An int `>= minimum` (or None with `allow_none`); returns it."""
+    if value is None and allow_none:
+        return None
+    if not is_int(value) or value < minimum:
+        raise invalid(name, f"an integer >= {minimum}" + (" or None" if allow_none else ""),
+                      value)
+    return value
 
 
 def check_prob(name, value, allow_zero=False):

@@ -9,8 +9,9 @@ used and its flags.json gives the default --dataset and --data_dir), a
 SavedModel folder (e.g. the experiment's saved_model/) or a .keras file.
 
 Reported: top-1, top-5, error (%) and cross-entropy on the official test
-set; with --affine_path, the same on each of the eight deformed CIFAR-100
-sets made by patchup-make-affine-sets; with --fsgm_attack True (the
+set; with --affine_path, the same on each of the eight deformed sets made
+by patchup-make-affine-sets (from CIFAR-100's or an image folder's test
+split); with --fsgm_attack True (the
 reference's spelling; --fgsm_attack works too) the FGSM sweep at eps 0, .05,
 .1, .12, .15, .18, .2, or at the eps given with --fgsm. The FGSM clip range
 is each batch's [min, max], so the paper's numbers need --batch_size 100
@@ -30,7 +31,7 @@ import sys
 
 from patchup_tf.cli import fail, program
 from patchup_tf.experiment.config import str2bool
-from patchup_tf.rules import DATASETS, FGSM_EPS, check_eps_list
+from patchup_tf.rules import DATASETS, FGSM_EPS, FOLDER, check_eps_list
 
 
 def build_parser():
@@ -44,7 +45,8 @@ def build_parser():
     p.add_argument("--dataset", choices=DATASETS, default=None,
                    help="default: the experiment's data set")
     p.add_argument("--data_dir", default=None,
-                   help="torchvision files or prepared TFDS data (default: the experiment's)")
+                   help="torchvision files, prepared TFDS data or a folder of images "
+                   "(default: the experiment's)")
     p.add_argument("--affine_path", default=None,
                    help="folder of the eight deformed sets (patchup-make-affine-sets)")
     p.add_argument("--affine_test", type=str2bool, nargs="?", const=True, default=False,
@@ -56,6 +58,8 @@ def build_parser():
                    help="run FGSM at these eps instead (implies the sweep)")
     p.add_argument("--batch_size", type=int, default=100,
                    help="evaluation batch size; FGSM clips to each batch's range (100)")
+    p.add_argument("--skip_bad_images", type=str2bool, nargs="?", const=True, default=False,
+                   help="image folders: leave unreadable test files out")
     p.add_argument("--out", default=None, help="JSON file for the results")
     return p
 
@@ -70,16 +74,19 @@ def experiment_folder(model_path):
     return None
 
 
-def _experiment_dataset(model_path):
-    """The experiment's flags (dataset, data_dir) if MODEL is or is inside an
-    experiment folder."""
+def _experiment_record(model_path):
+    """The experiment's flags.json (flags, data) if MODEL is or is inside an
+    experiment folder, else {}."""
     folder = experiment_folder(model_path)
     if folder is None:
         return {}
     path = os.path.join(folder, "flags.json")
     try:
         with open(path) as f:
-            return dict((json.load(f) or {}).get("flags") or {})
+            record = dict(json.load(f) or {})
+        record["flags"] = dict(record.get("flags") or {})
+        record["data"] = dict(record.get("data") or {})
+        return record
     except (OSError, ValueError, TypeError, AttributeError) as e:
         fail(f"cannot read {path}: {e}")
 
@@ -109,7 +116,8 @@ def precheck(args):
         eps = list(FGSM_EPS)
     if args.affine_test and not args.affine_path:
         fail("--affine_test needs --affine_path DIR (made by patchup-make-affine-sets)")
-    flags = _experiment_dataset(args.model)
+    record = _experiment_record(args.model)
+    flags = record.get("flags", {})
     dataset = args.dataset or flags.get("dataset")
     if dataset is None:
         fail("give --dataset (the model is not in an experiment folder with flags.json)")
@@ -119,6 +127,8 @@ def precheck(args):
         print(f"note: the model was trained on {flags['dataset']}, evaluating on "
               f"{args.dataset}", file=sys.stderr)
     data_dir = args.data_dir if args.data_dir is not None else flags.get("data_dir")
+    if dataset == FOLDER and data_dir is None:
+        fail("--dataset folder needs --data_dir DIR (the image folder's test/ is evaluated)")
     if args.affine_path:
         from patchup_tf.evaluation.affine import AFFINE_SETS
         from patchup_tf.evaluation.report import EvaluationError, affine_set_paths
@@ -129,7 +139,9 @@ def precheck(args):
             fail(str(e))
         for name in AFFINE_SETS:
             _check_set_name(os.path.join(args.affine_path, f"{name}.npz"), name)
-    return dataset, data_dir, eps
+    # The experiment's class order and normalisation, if it is this data set's.
+    trained = record.get("data", {}) if flags.get("dataset") == dataset else {}
+    return dataset, data_dir, eps, trained
 
 
 def _check_set_name(path, name):
@@ -151,10 +163,10 @@ def _check_set_name(path, name):
 @program
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    dataset, data_dir, eps = precheck(args)
+    dataset, data_dir, eps, trained = precheck(args)
     out = args.out or default_out(args.model)
 
-    from patchup_tf.data import DataError, load_raw
+    from patchup_tf.data import DataError, load_test_split
     from patchup_tf.evaluation.report import (
         EvaluationError,
         affine_set_paths,
@@ -166,11 +178,16 @@ def main(argv=None):
 
     try:
         loaded = load_model(args.model)
-        raw = load_raw(dataset, data_dir)
-        affine_paths = affine_set_paths(args.affine_path) if args.affine_path else None
+        height, width = (tuple(loaded.input_shape) + (None, None))[:2]
+        raw = load_test_split(dataset, data_dir, image_size=height if height == width else None,
+                              class_names=trained.get("class_names"),
+                              skip_bad_images=args.skip_bad_images)
+        affine_paths = (affine_set_paths(args.affine_path, dataset) if args.affine_path
+                        else None)
+        mean_std = (trained["mean"], trained["std"]) if "mean" in trained else None
         results = evaluate_model(
             loaded, dataset, raw, affine_paths=affine_paths, eps_list=eps,
-            batch_size=args.batch_size, data_dir=data_dir,
+            batch_size=args.batch_size, data_dir=data_dir, mean_std=mean_std,
         )
     except (EvaluationError, DataError) as e:
         fail(str(e))

@@ -1,10 +1,14 @@
-"""Make the eight deformed CIFAR-100 test sets (the reference's `load_data.py --affine_path`).
+"""Make the eight deformed test sets (the reference's `load_data.py --affine_path`).
 
     patchup-make_affine_sets.py --affine_path ./data/test/affine/ \
         --data_dir ./data/cifar100/ [--seed 0]
+    patchup-make_affine_sets.py --dataset folder --data_dir DIR --affine_path OUT \
+        [--image_size N]
 
 Reads the official CIFAR-100 test set (torchvision's files or prepared TFDS
-data in --data_dir) and writes DIR/<name>.npz for rotation_20, rotation_40,
+data in --data_dir), or the test/ split of an image folder (each image
+resized to --image_size squares if given, as the trainer's run used), and
+writes DIR/<name>.npz for rotation_20, rotation_40,
 shear_28.6, shear_57.3, zoom_0.6, zoom_0.8, zoom_1.2 and zoom_1.4: uint8
 images, int64 labels, the class names and a JSON description of the
 transform (see patchup_tf.evaluation.affine). Evaluate a model on them with
@@ -19,17 +23,25 @@ import os
 import time
 
 from patchup_tf.cli import fail, program
+from patchup_tf.experiment.config import str2bool
+from patchup_tf.rules import AFFINE_DATASETS, FOLDER
 
 
 def build_parser():
     p = argparse.ArgumentParser(
         prog="make_affine_sets.py",
-        description="Write the eight deformed CIFAR-100 test sets.",
+        description="Write the eight deformed test sets of CIFAR-100 or an image folder.",
     )
     p.add_argument("--affine_path", required=True, help="output folder")
     p.add_argument("--data_dir", default=None,
                    help="CIFAR-100: torchvision's files or prepared TFDS data "
                    "(default ./data/cifar100)")
+    p.add_argument("--dataset", default="cifar100", choices=AFFINE_DATASETS,
+                   help="cifar100 (the paper's), or folder: DIR/test/<class>/<images>")
+    p.add_argument("--image_size", type=int, default=None,
+                   help="folder: resize every test image to this square (as in training)")
+    p.add_argument("--skip_bad_images", type=str2bool, nargs="?", const=True, default=False,
+                   help="folder: leave unreadable test files out")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the per-image draws (each set its own stream)")
     return p
@@ -50,11 +62,17 @@ def main(argv=None):
     if os.path.exists(args.affine_path) and not os.path.isdir(args.affine_path):
         fail(f"--affine_path {args.affine_path} exists and is not a folder")
 
-    from patchup_tf.data import DataError, load_raw
+    if args.dataset == FOLDER and args.data_dir is None:
+        fail("--dataset folder needs --data_dir DIR (its test/<class>/ images are deformed)")
+    if args.image_size is not None and (args.dataset != FOLDER or args.image_size < 1):
+        fail(f"--image_size {args.image_size}: only for --dataset folder, an int >= 1")
+
+    from patchup_tf.data import DataError, load_test_split
     from patchup_tf.evaluation.affine import AFFINE_SETS, make_all_affine_sets
 
     try:
-        raw = load_raw("cifar100", args.data_dir)
+        raw = load_test_split(args.dataset, args.data_dir, image_size=args.image_size,
+                              skip_bad_images=args.skip_bad_images)
     except DataError as e:
         fail(str(e))
     start = time.time()

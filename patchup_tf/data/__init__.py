@@ -1,5 +1,17 @@
-"""Data sets and tf.data pipelines: CIFAR-10/100, SVHN and the digits demo set."""
+"""Data sets and tf.data pipelines: CIFAR-10/100, SVHN, the digits demo set and
+folders of images (one sub-folder per class)."""
 
+from patchup_tf.data.folders import (
+    FolderData,
+    TestSplit,
+    channel_stats,
+    decode_images,
+    load_test_split,
+    num_classes,
+    read_image_folder,
+    reads_folder,
+    scan_image_folder,
+)
 from patchup_tf.data.pipeline import (
     AUGMENTATION,
     DEFAULT_SPLIT,
@@ -7,12 +19,12 @@ from patchup_tf.data.pipeline import (
     TrainSpec,
     apply_augmentation,
     augment_batch,
+    folder_augmentation,
     make_datasets,
     make_eval_dataset,
     make_train_dataset,
     normalize,
     sample_augmentation,
-    split_per_class,
     train_epochs,
 )
 from patchup_tf.data.sources import (
@@ -24,6 +36,7 @@ from patchup_tf.data.sources import (
     RawData,
     load_raw,
 )
+from patchup_tf.data.split import split_per_class, take_per_class
 
 __all__ = [
     "AUGMENTATION",
@@ -34,16 +47,27 @@ __all__ = [
     "TFDS_NAMES",
     "DataError",
     "Datasets",
+    "FolderData",
     "RawData",
+    "TestSplit",
     "TrainSpec",
     "apply_augmentation",
     "augment_batch",
+    "channel_stats",
+    "decode_images",
+    "folder_augmentation",
     "load_raw",
+    "load_test_split",
     "make_datasets",
     "make_eval_dataset",
     "make_train_dataset",
     "normalize",
+    "num_classes",
+    "read_image_folder",
+    "reads_folder",
     "sample_augmentation",
+    "scan_image_folder",
     "split_per_class",
+    "take_per_class",
     "train_epochs",
 ]

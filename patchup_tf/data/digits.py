@@ -11,7 +11,7 @@ import functools
 
 import numpy as np
 
-from patchup_tf.data.sources import RawData
+from patchup_tf.data.raw import RawData
 
 SPLIT_SEED = 0
 TEST_FRACTION = 0.3

@@ -15,14 +15,15 @@ from typing import NamedTuple, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from patchup_tf.rules import check_int
 from patchup_tf.data.sources import (
     MEAN_STD,
     NUM_CLASSES,
     DataError,
-    check_dataset_name,
     load_raw,
 )
+from patchup_tf.data.folders import FolderData, read_image_folder, reads_folder
+from patchup_tf.data.split import split_per_class
+from patchup_tf.rules import DATASETS, check_choice, check_int
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ DEFAULT_SPLIT = {
     "cifar100": (500, 50),
     "svhn": (7325, 733),
     "digits": (None, 20),
-}
+}  # An image folder: all its images, and `read_image_folder`'s validation rule.
 
 # Training augmentation per data set: random horizontal flip, crop padding.
 AUGMENTATION = {
@@ -42,6 +43,12 @@ AUGMENTATION = {
     "svhn": {"flip": False, "pad": 2},
     "digits": {"flip": False, "pad": 2},  # Digits are not mirror-symmetric.
 }
+
+
+def folder_augmentation(height, width):
+    """An image folder's augmentation: CIFAR's flip and pad-crop, the padding
+    scaled to the image (2 pixels per 32 of the shorter side, at least 1)."""
+    return {"flip": True, "pad": max(1, round(2 * min(height, width) / 32))}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -80,75 +87,8 @@ class Datasets(NamedTuple):
     test_size: int
     steps_per_epoch: int
     train_spec: Optional[TrainSpec] = None
-
-
-def split_per_class(x, y, labels_per_class, valid_labels_per_class, seed, num_classes):
-    """Splits a training set into training and validation parts per class.
-
-    All indices are shuffled once with `np.random.default_rng(seed)`; then,
-    for each class in that order, the first `valid_labels_per_class` samples
-    go to validation and the next `labels_per_class` to training, as far as
-    the class has samples. Outputs are grouped by class (ascending), in the
-    shuffled order within a class, as in the reference.
-
-    Args:
-        x: array of N samples (any trailing shape).
-        y: integer labels of shape (N,), in `[0, num_classes)`.
-        labels_per_class: training samples per class, or None for all the
-            samples a class has left after validation.
-        valid_labels_per_class: validation samples per class, at least 1.
-        seed: integer seed of the shuffle.
-        num_classes: number of classes.
-
-    Returns:
-        `(x_train, y_train, x_valid, y_valid)`.
-    """
-    check_int("num_classes", num_classes, 1)
-    check_int("labels_per_class", labels_per_class, 1, allow_none=True)
-    check_int("seed", seed, 0)
-    if (
-        isinstance(valid_labels_per_class, bool)
-        or not isinstance(valid_labels_per_class, (int, np.integer))
-        or valid_labels_per_class < 1
-    ):
-        raise ValueError(
-            "Invalid value received for argument `valid_labels_per_class`. "
-            "Expected an integer >= 1: a validation split is required (model "
-            "selection uses it). Received: "
-            f"valid_labels_per_class={valid_labels_per_class!r}"
-        )
-    x = np.asarray(x)
-    y = np.asarray(y)
-    if y.ndim != 1 or x.shape[:1] != y.shape:
-        raise ValueError(
-            "Invalid value received for arguments `x` and `y`. Expected y of "
-            "shape (N,) and x with N samples. Received: "
-            f"x.shape={x.shape}, y.shape={y.shape}"
-        )
-    if y.size and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(
-            "Invalid value received for argument `y`. Expected labels in "
-            f"[0, {num_classes}). Received: labels in [{y.min()}, {y.max()}]"
-        )
-    order = np.random.default_rng(seed).permutation(len(y))
-    y_order = y[order]
-    stop = None if labels_per_class is None else valid_labels_per_class + labels_per_class
-    train_idx, valid_idx = [], []
-    for c in range(num_classes):
-        idx = order[y_order == c]
-        valid_idx.append(idx[:valid_labels_per_class])
-        train_idx.append(idx[valid_labels_per_class:stop])
-    empty = [c for c in range(num_classes) if len(train_idx[c]) == 0]
-    if empty:
-        logger.warning(
-            "Classes %s have no training samples left after taking %d per "
-            "class for validation.",
-            empty,
-            valid_labels_per_class,
-        )
-    train_idx = np.concatenate(train_idx).astype(np.int64)
-    valid_idx = np.concatenate(valid_idx).astype(np.int64)
-    return x[train_idx], y[train_idx], x[valid_idx], y[valid_idx]
+    image_shape: Optional[Tuple[int, int, int]] = None  # what the model takes
+    skipped: Tuple[str, ...] = ()  # an image folder's unreadable files, left out
 
 
 def normalize(images, mean, std):
@@ -367,73 +307,87 @@ def make_datasets(
     eval_batch_size=None,
     download=False,
     image_size=None,
+    skip_bad_images=False,
 ):
     """Builds the training, validation and test pipelines of a data set.
 
     Args:
-        name: one of `DATASETS`.
-        data_dir: where `load_raw` looks for the data.
+        name: one of `DATASETS`; `folder` reads `data_dir` as a folder per
+            class (`patchup_tf.data.folders`), and so does `cifar10` when
+            `data_dir/train` holds its class folders.
+        data_dir: where `load_raw` looks for the data, or the image folder.
         batch_size: training batch size (the remainder is dropped).
         labels_per_class: training samples per class; None means the seed's
-            flag (`DEFAULT_SPLIT`).
+            flag (`DEFAULT_SPLIT`; a folder: all).
         valid_labels_per_class: validation samples per class (>= 1); None
-            means the seed's flag.
+            means the seed's flag (a folder: `read_image_folder`'s rule).
         seed: integer seed of the split, the shuffle and the augmentation.
         augment: whether to augment training batches (`AUGMENTATION`).
         eval_batch_size: validation/test batch size; None means `batch_size`.
         download: passed to `load_raw` (TFDS download if nothing is local).
         image_size: None (the data set's own size) or an int: every image is
-            resized (bilinear, after normalisation) to `image_size` squares.
+            resized to `image_size` squares (bilinear; after normalisation,
+            or when decoded for an image folder).
+        skip_bad_images: an image folder's unreadable files are left out
+            (listed in `Datasets.skipped`) instead of raising `DataError`.
 
     Returns:
         A `Datasets`.
     """
-    check_dataset_name(name)
+    check_choice("name", name, DATASETS)
     check_int("batch_size", batch_size, 1)
     check_int("eval_batch_size", eval_batch_size, 1, allow_none=True)
     check_int("seed", seed, 0)
     check_int("image_size", image_size, 1, allow_none=True)
-    default_train, default_valid = DEFAULT_SPLIT[name]
+    default_train, default_valid = DEFAULT_SPLIT.get(name, (None, None))
     if labels_per_class is None:
         labels_per_class = default_train
     if valid_labels_per_class is None:
         valid_labels_per_class = default_valid
-    num_classes = NUM_CLASSES[name]
-    mean, std = MEAN_STD[name]
-
-    raw = load_raw(name, data_dir, download=download)
-    x_train, y_train, x_valid, y_valid = split_per_class(
-        raw.x_train, raw.y_train, labels_per_class, valid_labels_per_class, seed, num_classes
-    )
-    if len(y_train) < batch_size:
+    split = dict(labels_per_class=labels_per_class,
+                 valid_labels_per_class=valid_labels_per_class, seed=seed)
+    if reads_folder(name, data_dir):
+        data = read_image_folder(name, data_dir, image_size=image_size,
+                                 skip_bad_images=skip_bad_images, **split)
+        image_size = None  # applied when decoded
+        aug = AUGMENTATION.get(name) or folder_augmentation(*data.x_train.shape[1:3])
+    else:
+        raw = load_raw(name, data_dir, download=download)
+        data = FolderData(
+            *split_per_class(raw.x_train, raw.y_train, num_classes=NUM_CLASSES[name], **split),
+            raw.x_test, raw.y_test, tuple(raw.class_names), *MEAN_STD[name], skipped=())
+        aug = AUGMENTATION[name]
+    num_classes, mean, std = len(data.class_names), data.mean, data.std
+    if len(data.y_train) < batch_size:
         raise DataError(
-            f"The {name} training split holds {len(y_train)} images, fewer than "
+            f"The {name} training split holds {len(data.y_train)} images, fewer than "
             f"one batch of {batch_size}; lower `batch_size` or raise "
             "`labels_per_class`."
         )
-    aug = AUGMENTATION[name]
     spec = TrainSpec(
-        x=x_train, y=y_train, num_classes=num_classes, mean=tuple(mean), std=tuple(std),
-        batch_size=batch_size, seed=seed, augment=augment, flip=aug["flip"], pad=aug["pad"],
-        image_size=image_size,
+        x=data.x_train, y=data.y_train, num_classes=num_classes, mean=tuple(mean),
+        std=tuple(std), batch_size=batch_size, seed=seed, augment=augment, flip=aug["flip"],
+        pad=aug["pad"], image_size=image_size,
     )
     train = _one_epoch_per_iteration(spec)
     eval_batch_size = eval_batch_size or batch_size
-    valid = make_eval_dataset(x_valid, y_valid, num_classes, mean=mean, std=std,
+    valid = make_eval_dataset(data.x_valid, data.y_valid, num_classes, mean=mean, std=std,
                               batch_size=eval_batch_size, image_size=image_size)
-    test = make_eval_dataset(raw.x_test, raw.y_test, num_classes, mean=mean, std=std,
+    test = make_eval_dataset(data.x_test, data.y_test, num_classes, mean=mean, std=std,
                              batch_size=eval_batch_size, image_size=image_size)
     return Datasets(
         train=train,
         valid=valid,
         test=test,
         num_classes=num_classes,
-        class_names=tuple(raw.class_names),
+        class_names=tuple(data.class_names),
         mean=tuple(mean),
         std=tuple(std),
-        train_size=len(y_train),
-        valid_size=len(y_valid),
-        test_size=len(raw.y_test),
-        steps_per_epoch=len(y_train) // batch_size,
+        train_size=len(data.y_train),
+        valid_size=len(data.y_valid),
+        test_size=len(data.y_test),
+        steps_per_epoch=len(data.y_train) // batch_size,
         train_spec=spec,
+        image_shape=(image_size, image_size, 3) if image_size else data.x_train.shape[1:],
+        skipped=data.skipped,
     )

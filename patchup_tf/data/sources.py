@@ -10,13 +10,16 @@ comes from scikit-learn (see `patchup_tf.data.digits`).
 import logging
 import os
 import pickle
-from typing import NamedTuple, Tuple
 
 import numpy as np
 
+from patchup_tf.data.digits import load_digits_raw
+from patchup_tf.data.raw import DataError, RawData  # noqa: F401  (DataError re-exported)
+from patchup_tf.rules import DATASETS as ALL_DATASETS, FOLDER, check_choice
+
 logger = logging.getLogger(__name__)
 
-DATASETS = ("cifar10", "cifar100", "svhn", "digits")
+DATASETS = tuple(name for name in ALL_DATASETS if name != FOLDER)  # read from files here
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "digits": 10}
 
 # Per-channel (mean, std) in 0-255 pixel units, as in the reference's
@@ -67,28 +70,9 @@ _TORCHVISION = {
 }
 
 
-class DataError(ValueError):
-    """Raised when a data set cannot be found or its files are unusable."""
-
-
-class RawData(NamedTuple):
-    """Decoded arrays of one data set: uint8 NHWC images, int64 labels."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    class_names: Tuple[str, ...]
-
-
 def check_dataset_name(name):
     """Returns `name` if it is one of `DATASETS`, else raises ValueError."""
-    if name not in DATASETS:
-        raise ValueError(
-            "Invalid value received for argument `name`. Expected one of "
-            f"{DATASETS}. Received: name={name!r}"
-        )
-    return name
+    return check_choice("name", name, DATASETS)
 
 
 def load_raw(name, data_dir=None, *, download=False):
@@ -113,7 +97,6 @@ def load_raw(name, data_dir=None, *, download=False):
     """
     check_dataset_name(name)
     if name == "digits":
-        from patchup_tf.data.digits import load_digits_raw
 
         return load_digits_raw()
     if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):

@@ -27,7 +27,7 @@ from typing import Any, Optional, Tuple
 
 import tensorflow as tf
 
-from patchup_tf.rules import check_eps_list
+from patchup_tf.rules import AFFINE_DATASETS, check_eps_list
 
 __all__ = [
     "EvaluationError",
@@ -285,16 +285,21 @@ def check_model_fits(loaded, dataset, image_shape, num_classes):
         )
 
 
+def _check_affine_dataset(dataset):
+    if dataset not in AFFINE_DATASETS:
+        raise EvaluationError(
+            "the deformed sets are made from the test images of CIFAR-100 or of an image "
+            f"folder; --affine_path needs --dataset {' or '.join(AFFINE_DATASETS)}, "
+            f"not {dataset}"
+        )
+
+
 def affine_set_paths(affine_path, dataset="cifar100"):
     """The eight `<affine_path>/<name>.npz` paths, or `EvaluationError` naming
     the missing ones (or the data set, if it is not CIFAR-100)."""
     from patchup_tf.evaluation.affine import AFFINE_SETS
 
-    if dataset != "cifar100":
-        raise EvaluationError(
-            "the deformed sets are CIFAR-100 test images; --affine_path needs "
-            f"--dataset cifar100, not {dataset}"
-        )
+    _check_affine_dataset(dataset)
     if not os.path.isdir(affine_path):
         raise EvaluationError(
             f"--affine_path {affine_path} is not a folder; make the deformed sets "
@@ -344,7 +349,7 @@ def check_affine_sets(paths, class_names, image_shape):
 
 
 def evaluate_model(loaded, dataset, raw, *, affine_paths=None, eps_list=None,
-                   batch_size=100, data_dir=None):
+                   batch_size=100, data_dir=None, mean_std=None):
     """Test metrics, deformed sets and FGSM of `loaded` on `raw`'s test set.
 
     Args:
@@ -356,6 +361,9 @@ def evaluate_model(loaded, dataset, raw, *, affine_paths=None, eps_list=None,
         batch_size: the batch size of every evaluation; the FGSM range
             `[min, max]` is taken per batch, so the paper's numbers need 100.
         data_dir: recorded in the results.
+        mean_std: the `(mean, std)` the model was trained with (0-255
+            units); None: the data set's (`MEAN_STD`). An image folder has
+            none: give the statistics its experiment recorded.
 
     Returns:
         A JSON-able dict: `model`, `model_kind`, `weights`, `dataset`,
@@ -371,7 +379,7 @@ def evaluate_model(loaded, dataset, raw, *, affine_paths=None, eps_list=None,
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise EvaluationError(f"batch size must be an integer >= 1, got {batch_size!r}")
-    num_classes = NUM_CLASSES[dataset]
+    num_classes = NUM_CLASSES.get(dataset) or len(raw.class_names)
     image_shape = tuple(raw.x_test.shape[1:])
     check_model_fits(loaded, dataset, image_shape, num_classes)
     if eps_list is not None:
@@ -380,14 +388,16 @@ def evaluate_model(loaded, dataset, raw, *, affine_paths=None, eps_list=None,
         except ValueError as e:
             raise EvaluationError(str(e)) from None
     if affine_paths:
-        if dataset != "cifar100":
-            raise EvaluationError(
-                "the deformed sets are CIFAR-100 test images; --affine_path needs "
-                f"--dataset cifar100, not {dataset}"
-            )
+        _check_affine_dataset(dataset)
         check_affine_sets(affine_paths, raw.class_names, image_shape)
     start = time.time()
-    mean, std = MEAN_STD[dataset]
+    if mean_std is None and dataset not in MEAN_STD:
+        raise EvaluationError(
+            f"the normalisation of a model trained on {dataset} data is recorded in its "
+            "experiment folder's flags.json (data.mean, data.std): evaluate the experiment "
+            "folder, or a model inside it"
+        )
+    mean, std = mean_std if mean_std is not None else MEAN_STD[dataset]
     x = normalize(raw.x_test, mean, std)
     test = tf.data.Dataset.from_tensor_slices((x, raw.y_test)).batch(batch_size)
     results = {

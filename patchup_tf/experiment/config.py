@@ -17,11 +17,13 @@ from patchup_tf.rules import (
     ARCHS,
     application_name,
     DATASETS,
+    FOLDER,
     LOSSES,
     METHOD_SPECS,
     METHODS,
     OPTIONS,
     PAPER_DEFAULTS,
+    PRECISIONS,
     cutout_default,
 )
 
@@ -47,6 +49,7 @@ RESOLVED_FLAGS = ("train", "method", "patchup_type", "epochs", "schedule", "step
 # Runs that differ only in these are replicates of one setting.
 REPLICATE_FLAGS = ("seed", "job_id")
 _NOT_IDENTITY = frozenset((*OUTPUT_FLAGS, *COMPAT_FLAGS, *RESOLVED_FLAGS))
+_KNOWN_AT_RUN_TIME = ("precision", "data")
 
 
 class FlagError(UsageError):
@@ -71,31 +74,49 @@ def _bool_flag(parser, name, help_text, default=False):
 
 
 def build_parser():
+    """The trainer's flags: the PyTorch original's, and those beyond its recipe."""
     p = argparse.ArgumentParser(
         prog="train.py",
         description="Train a CNN with PatchUp or a baseline, with the reference's flags.",
     )
-    a = p.add_argument
+    for add in (_data_flags, _method_flags, _recipe_flags, _run_flags):
+        add(p)
+    return p
+
+
+def _data_flags(p):
+    """The data and the network."""
+    g = p.add_argument_group("data and network")
+    a = g.add_argument
     a("--dataset", default="cifar10", choices=DATASETS)
-    a("--data_dir", default=None, help="torchvision files or prepared TFDS data (not needed for digits)")
-    a("--root_dir", default="experiments", help="folder where experiment folders are created")
+    a("--data_dir", default=None,
+      help="torchvision files or prepared TFDS data (not needed for digits), or a folder of "
+           "images: DIR/train/<class>/*.jpg, DIR/test/<class>/..., optionally DIR/valid/<class>/ "
+           "(--dataset folder; --dataset cifar10 reads CIFAR-10's classes from one too)")
+    _bool_flag(g, "--skip_bad_images", "image folders: leave unreadable files out (counted "
+               "and listed in flags.json) instead of stopping")
     a("--labels_per_class", type=int, default=None, help="training samples per class (default: the dataset's)")
     a("--valid_labels_per_class", type=int, default=None, help="validation samples per class (default: the dataset's)")
     a("--arch", default="preactresnet18", type=arch_name, metavar="ARCH",
       help=f"{', '.join(ARCHS)}, or keras:<Name> for any keras.applications network "
       "(e.g. keras:ResNet50V2), with the method attached at its cut points")
     a("--image_size", type=int, default=None,
-      help="resize every image to this square (default: the data set's own, 32)")
+      help="resize every image to this square (default: the data set's own, 32; an image "
+           "folder's, when all its images are one size)")
     a("--weights", default=None,
       help="keras:<Name> archs only: a weights file for the backbone, or imagenet")
-    a("--epochs", type=int, default=None,
-      help=f"default: 2000 PreActResNet, 400 WRN (the paper's); {DIGITS_EPOCHS} on digits")
+
+
+def _method_flags(p):
+    """The method and its options (unset: the paper's settings)."""
+    g = p.add_argument_group("method")
+    a = g.add_argument
     a("--train", default=None, choices=TRAIN_CHOICES, help="the reference's method flag")
     a("--method", default=None, choices=METHODS, help="short form, e.g. soft_patchup")
     a("--alpha", type=float, default=None, help="Beta(alpha, alpha) for mixup/manifold mixup/PatchUp")
     a("--cutout", type=int, default=None, help="cutout side (default 16 PreActResNet, 8 WRN, 20 SVHN)")
     a("--drop_block", type=int, default=None, help="DropBlock block size (7)")
-    _bool_flag(p, "--drop_block_all", "DropBlock at every position 1..k (default: True, the "
+    _bool_flag(g, "--drop_block_all", "DropBlock at every position 1..k (default: True, the "
                "paper's)", default=None)
     a("--k", type=int, default=None, help="positions 0..k may mix (2)")
     a("--keep_prob", type=float, default=None, help="DropBlock keep probability (0.9)")
@@ -109,7 +130,7 @@ def build_parser():
     # Beyond the paper's recipe (unset: the paper's behaviour).
     a("--label_smoothing", type=float, default=None,
       help="eps in [0, 1): targets (1 - eps) y + eps / K before any mixing (0)")
-    _bool_flag(p, "--per_sample", "draw lam, boxes and masks per image, not per batch (False; "
+    _bool_flag(g, "--per_sample", "draw lam, boxes and masks per image, not per batch (False; "
                "mixup, manifold_mixup, cutmix, dropblock, PatchUp, mixup_cutmix)", default=None)
     a("--switch_prob", type=float, default=None,
       help="mixup_cutmix: probability of CutMix instead of Mixup (0.5)")
@@ -119,6 +140,14 @@ def build_parser():
     a("--mix_off_epoch", type=int, default=None,
       help="mix in the first E epochs only; epochs E+1.. train on clean targets "
            "(default: never stop)")
+
+
+def _recipe_flags(p):
+    """The optimiser and the schedule."""
+    g = p.add_argument_group("recipe")
+    a = g.add_argument
+    a("--epochs", type=int, default=None,
+      help=f"default: 2000 PreActResNet, 400 WRN (the paper's); {DIGITS_EPOCHS} on digits")
     a("--batch_size", type=int, default=100)
     a("--learning_rate", type=float, default=0.1)
     a("--momentum", type=float, default=0.9)
@@ -126,29 +155,35 @@ def build_parser():
     a("--schedule", type=int, nargs="+", default=None, help="lr milestones (epochs)")
     a("--step_factors", type=float, nargs="+", default=None, help="lr factor at each milestone")
     a("--seed", type=int, default=0)
+
+
+def _run_flags(p):
+    """Where and how the run is written, and the flags accepted for the original's command lines."""
+    g = p.add_argument_group("run")
+    a = g.add_argument
+    a("--root_dir", default="experiments", help="folder where experiment folders are created")
     a("--job_id", default="")
     a("--add_name", default="")
-    _bool_flag(p, "--checkpoint", "also keep the last checkpoint as the reference's --checkpoint")
-    _bool_flag(p, "--affine_test", "evaluate the deformed CIFAR-100 sets in --affine_path")
+    _bool_flag(g, "--checkpoint", "also keep the last checkpoint as the reference's --checkpoint")
+    _bool_flag(g, "--affine_test", "evaluate the deformed CIFAR-100 sets in --affine_path")
     a("--affine_path", default=None, help="folder written by scripts/make_affine_sets.py")
-    _bool_flag(p, "--fsgm_attack", "run the FGSM sweep on the test set at the end")
-    a("--precision", default="auto", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+    _bool_flag(g, "--fsgm_attack", "run the FGSM sweep on the test set at the end")
+    a("--precision", default="auto", choices=("auto", *PRECISIONS),
       help="auto: mixed_bfloat16 on a GPU with bf16 units, or on a CPU where one timed "
            "step of this network shows bf16 faster (measured once per machine, cached)")
-    _bool_flag(p, "--mixed_precision", "shorthand for --precision mixed_bfloat16")
-    _bool_flag(p, "--jit_compile", "compile the train step with XLA")
+    _bool_flag(g, "--mixed_precision", "shorthand for --precision mixed_bfloat16")
+    _bool_flag(g, "--jit_compile", "compile the train step with XLA")
     a("--strategy", default="default", choices=("default", "mirrored", "multi_worker"))
-    _bool_flag(p, "--deterministic", "deterministic TensorFlow kernels: the same command gives "
+    _bool_flag(g, "--deterministic", "deterministic TensorFlow kernels: the same command gives "
                "bitwise the same run on the same machine (default: True)", default=True)
-    _bool_flag(p, "--resume", "continue the experiment folder's last completed epoch (also automatic)")
+    _bool_flag(g, "--resume", "continue the experiment folder's last completed epoch (also automatic)")
     a("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras progress bar mode")
     # Accepted for compatibility with the reference; they change nothing here.
     for name in COMPAT_FLAGS:
         if name in ("dropout", "evaluate"):
-            _bool_flag(p, f"--{name}", argparse.SUPPRESS)
+            _bool_flag(g, f"--{name}", argparse.SUPPRESS)
         else:
             a(f"--{name}", type=int, default=None, help=argparse.SUPPRESS)
-    return p
 
 
 def arch_name(value):
@@ -293,6 +328,14 @@ def resolve_schedule(args):
     return epochs, list(schedule), list(factors)
 
 
+def dataset_label(args):
+    """The data set in a folder name: `folder-<the folder's name>` for an image folder."""
+    if args.dataset != FOLDER:
+        return args.dataset
+    base = os.path.basename(os.path.normpath(os.path.abspath(args.data_dir)))
+    return "folder-" + "".join(c if c.isalnum() or c in "._-" else "_" for c in base)
+
+
 def experiment_name(args, method, epochs):
     """The reference's folder name, built from the same flags.
 
@@ -302,7 +345,7 @@ def experiment_name(args, method, epochs):
     """
     o = {**PAPER_DEFAULTS[method], **method_options(args, method)}
     train = "patchup" if method.endswith("_patchup") else method  # the reference's --train
-    name = (f"{args.dataset}_arch_{args.arch.replace(':', '-')}_train_{train}"
+    name = (f"{dataset_label(args)}_arch_{args.arch.replace(':', '-')}_train_{train}"
             f"_m_alpha_{o.get('alpha', 0.0)}"
             f"_eph_{epochs}_bs_{args.batch_size}_lr_{args.learning_rate}_mom_{args.momentum}"
             f"_decay_{args.decay}_seed_{args.seed}")
@@ -360,6 +403,7 @@ class RunConfig(NamedTuple):
     name: str  # the experiment folder's name
     argv: list
     precision: Optional[str] = None  # the Keras dtype policy; None: `auto`, chosen at run time
+    data: Optional[dict] = None  # what the data turned out to be (`run.describe_data`)
 
     @classmethod
     def from_argv(cls, argv, parser=None):
@@ -375,6 +419,10 @@ class RunConfig(NamedTuple):
         if args.affine_test and not args.affine_path:
             raise FlagError("--affine_test needs --affine_path DIR (made by "
                             "patchup-make-affine-sets)")
+        if args.dataset == FOLDER and not args.data_dir:
+            raise FlagError("--dataset folder needs --data_dir DIR, a folder of images: "
+                            "DIR/train/<class>/*.jpg and DIR/test/<class>/... (JPEG, PNG, BMP "
+                            "or GIF)")
         name = experiment_name(args, method, epochs)
         if len(name.encode()) > 255:
             raise FlagError(
@@ -395,7 +443,7 @@ class RunConfig(NamedTuple):
             "method_options": self.method_options, "epochs": self.epochs,
             "schedule": self.schedule, "step_factors": self.step_factors,
             "experiment_dir": self.experiment_dir, "argv": self.argv,
-            "precision": self.precision,
+            "precision": self.precision, "data": self.data,
         }
 
     def identity(self):
@@ -420,7 +468,7 @@ def identity_of(config):
     for key in ("dataset", "arch"):
         if key in flags:
             fields[key] = flags[key]
-    for key in ("epochs", "schedule", "step_factors", "precision"):
+    for key in ("epochs", "schedule", "step_factors", "precision", "data"):
         if key in config:
             fields[key] = config[key]
     for key in sorted(flags):
@@ -434,8 +482,8 @@ def identity_of(config):
 
 def differences(saved, now):
     """The identity fields in which two `flags.json` differ. Fields only one
-    of them has (a flag added by a later version) and a precision still to
-    be chosen (None) match anything."""
+    of them has (a flag added by a later version), and a precision or data
+    not known yet (None, before the run starts), match anything."""
     a, b = identity_of(saved), identity_of(now)
     return [key for key in a if key in b and a[key] != b[key]
-            and not (key == "precision" and None in (a[key], b[key]))]
+            and not (key in _KNOWN_AT_RUN_TIME and None in (a[key], b[key]))]

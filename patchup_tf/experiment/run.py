@@ -59,12 +59,13 @@ def run(config):
     args = config.args
     strategy = set_up(args)
     datasets, affine_sets = load_data(args)
-    config = config._replace(precision=config.precision or choose_precision(
-        args, config.experiment_dir, datasets.num_classes))
+    config = config._replace(data=describe_data(args, datasets),
+                             precision=config.precision or choose_precision(
+                                 args, config.experiment_dir, datasets.num_classes))
     keras.mixed_precision.set_global_policy(config.precision)
     resuming = open_folder(config)
     with strategy.scope():
-        model = build_model(config, datasets.num_classes)
+        model = build_model(config, datasets.num_classes, datasets.image_shape)
     state, meta = restore(config, model, resuming)
     epoch_end = EpochEnd(model, datasets, config, meta, state)
     if meta["epoch"] + 1 < config.epochs:
@@ -95,12 +96,29 @@ def load_data(args):
             args.dataset, args.data_dir, batch_size=args.batch_size,
             labels_per_class=args.labels_per_class,
             valid_labels_per_class=args.valid_labels_per_class, seed=args.seed,
-            image_size=args.image_size,
+            image_size=args.image_size, skip_bad_images=args.skip_bad_images,
         )
         affine_sets = affine_set_paths(args.affine_path, args.dataset) if args.affine_test else []
     except (ValueError, EvaluationError) as e:  # DataError included
         raise UsageError(str(e)) from None
     return datasets, affine_sets
+
+
+def describe_data(args, datasets):
+    """What flags.json and report.json record of the data: the class names (in
+    label order), the normalisation (0-255 units) evaluation must reuse, the
+    image shape and an image folder's skipped files. A paper architecture
+    given images other than 32x32 is a `UsageError`."""
+    if application_name(args.arch) is None and tuple(datasets.image_shape[:2]) != (32, 32):
+        h, w = datasets.image_shape[:2]
+        raise UsageError(f"the images in {args.data_dir} are {h}x{w} but --arch {args.arch} "
+                         "takes 32x32; pass --image_size 32, or use a keras:<Name> arch")
+    if datasets.skipped:
+        print(f"skipped {len(datasets.skipped)} unreadable images (listed in flags.json "
+              f"under data.skipped_images), e.g. {datasets.skipped[0]}")
+    return {"class_names": list(datasets.class_names), "mean": list(datasets.mean),
+            "std": list(datasets.std), "image_shape": list(datasets.image_shape),
+            "skipped_images": list(datasets.skipped)}
 
 
 def open_folder(config):
@@ -140,13 +158,12 @@ def check_same_run(exp_dir, config):
             "another --job_id, --add_name or --root_dir")
 
 
-def build_model(config, num_classes):
+def build_model(config, num_classes, image_shape):
     """The compiled model of the run (a paper arch, or keras:<Name> attached)."""
     args = config.args
     name = application_name(args.arch)
     if name is not None:  # any keras.applications network, method attached
-        size = args.image_size or 32
-        network = keras_application(name, (size, size, 3), num_classes,
+        network = keras_application(name, tuple(image_shape), num_classes,
                                     weights=args.weights, bn_momentum=0.9)
         model = attach(network, config.method, seed=args.seed, **config.method_options)
     else:
@@ -276,6 +293,7 @@ def final_report(config, model, datasets, meta, affine_sets, state):
         "epochs_completed": meta["epoch"] + 1,
         "valid": evaluate_classifier(model, datasets.valid),
         "test": evaluate_classifier(model, datasets.test),
+        "data": config.data,
     }
     if affine_sets:
         report["affine"] = evaluate_affine_sets(model, affine_sets, datasets.mean, datasets.std,
