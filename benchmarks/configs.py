@@ -3,7 +3,7 @@ BatchNorm kind, input, environment variant), the presets and the checks."""
 
 import itertools
 
-from patchup_tf.precision import PRECISIONS
+from patchup_tf.rules import PRECISIONS
 from patchup_tf.rules import METHODS, check_choice, invalid
 
 IMPL = "patchup_tf"

@@ -220,7 +220,7 @@ def _positive_int(text):
 
 def _add_what(p):
     """What to time: the configurations."""
-    from patchup_tf.precision import PRECISIONS
+    from patchup_tf.rules import PRECISIONS
 
     p.add_argument("--archs", nargs="+", default=["preactresnet18"])
     p.add_argument("--methods", nargs="+", default=None,

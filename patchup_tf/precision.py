@@ -50,7 +50,8 @@ import sys
 import tempfile
 import time
 
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+from patchup_tf.rules import PRECISIONS, application_name
+
 BF16_MIN_COMPUTE_CAPABILITY = (8, 0)
 SPEEDUP_MARGIN = 1.05  # bfloat16 only if its step is at least 5% faster
 PROBE_ENV = "PATCHUP_TF_PRECISION_PROBE"
@@ -223,12 +224,12 @@ def _spec_builder(spec):
     `patchup_tf.models.ARCHS`, or `"keras:<Name>"` for a `keras.applications`
     network with the method attached (as the trainer builds it)."""
     method, classes = spec.get("method", "vanilla"), spec.get("num_classes", 10)
-    if spec["arch"].startswith("keras:"):
+    name = application_name(spec["arch"])
+    if name is not None:
         from patchup_tf.attach import attach
         from patchup_tf.models.applications import keras_application
 
         shape = tuple(spec.get("input_shape", (32, 32, 3)))
-        name = spec["arch"][len("keras:"):]
         return lambda: attach(keras_application(name, shape, classes), method, seed=0)
     from patchup_tf.models import build
 

@@ -45,7 +45,7 @@ from patchup_tf.experiment.distributed import train_loop
 from patchup_tf.experiment.logs import ExperimentLog
 from patchup_tf.files import export_saved_model, remove_stale_temporaries, write_json, write_text
 from patchup_tf.models.applications import keras_application
-from patchup_tf.rules import application_name
+from patchup_tf.rules import PRECISIONS, application_name
 from patchup_tf.training import StopMixing, StopOnNonFinite, recipe, step_lr
 
 
@@ -339,7 +339,7 @@ def choose_precision(args, exp_dir, num_classes):
             recorded = json.load(f).get("precision")
     except (OSError, ValueError, AttributeError):
         recorded = None
-    if has_checkpoint(exp_dir) and recorded in precision_lib.PRECISIONS:
+    if has_checkpoint(exp_dir) and recorded in PRECISIONS:
         print(f"precision auto: {recorded} (as recorded in {exp_dir}/flags.json)")
         return recorded
     size = args.image_size or 32
