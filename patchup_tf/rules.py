@@ -56,16 +56,6 @@ def is_real(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def check_int(name, value, minimum, allow_none=False):
-    """An int `>= minimum` (or None with `allow_none`); returns it."""
-    if value is None and allow_none:
-        return None
-    if not is_int(value) or value < minimum:
-        raise invalid(name, f"an integer >= {minimum}" + (" or None" if allow_none else ""),
-                      value)
-    return value
-
-
 def check_prob(name, value, allow_zero=False):
     """A probability in (0, 1], or in [0, 1] with `allow_zero`; returns a float."""
     interval = "[0, 1]" if allow_zero else "(0, 1]"
