@@ -16,6 +16,7 @@ import sys
 import keras
 import tensorflow as tf
 
+from patchup_tf.heads import check_logits
 from patchup_tf.losses import softmax_ce
 from patchup_tf.layers.mixing_point import MixingContext, MixingPoint, mixing_context
 from patchup_tf.methods import Method
@@ -357,28 +358,6 @@ def _all_finite(tensors):
     """
     sums = [tf.reduce_sum(tf.cast(t, tf.float32)) for t in tensors if t is not None]
     return tf.math.is_finite(tf.add_n(sums))
-
-
-def check_logits(model):
-    """Raises `ValueError` unless `model` has one `(N, K)` output of logits
-    (no final softmax or sigmoid: the methods' losses apply their own)."""
-    shapes = [tuple(o.shape) for o in model.outputs]
-    if len(shapes) != 1 or len(shapes[0]) != 2:
-        raise ValueError(
-            "Invalid model: expected one output of logits (N, K), e.g. "
-            "`GlobalAveragePooling2D()` then `Dense(num_classes)`. "
-            f"Received outputs of shapes {shapes}."
-        )
-    layer = model.layers[-1] if model.layers else None
-    activation = getattr(layer, "activation", None)
-    name = getattr(activation, "__name__", str(activation)).split(".")[-1]
-    if isinstance(layer, keras.layers.Softmax) or name in ("softmax", "sigmoid"):
-        name = "softmax" if isinstance(layer, keras.layers.Softmax) else name
-        raise ValueError(
-            f"Invalid model: its output layer '{layer.name}' applies a {name}, but "
-            "the methods' losses need logits. Remove it (`Dense(num_classes)` with no "
-            "activation; for keras.applications pass `classifier_activation=None`)."
-        )
 
 
 class StopOnNonFinite(keras.callbacks.TerminateOnNaN):
