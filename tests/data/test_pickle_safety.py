@@ -97,11 +97,14 @@ def test_the_trainer_exits_2_with_one_line_and_leaves_nothing(tmp_path, fab, cap
     obj, refused = _payloads(mark)["os.system"]
     path = _hostile_cifar10(tmp_path, fab, obj)
     root = tmp_path / "experiments"
-    with pytest.raises(SystemExit) as info:
-        main(["--dataset", "cifar10", "--data_dir", str(tmp_path / "data"),
-              "--root_dir", str(root), "--arch", "wrn28_2", "--labels_per_class", "2",
-              "--valid_labels_per_class", "1", "--batch_size", "10", "--epochs", "1"])
-    assert info.value.code == 2
+    argv = ["--dataset", "cifar10", "--data_dir", str(tmp_path / "data"), "--root_dir",
+            str(root), "--arch", "wrn28_2", "--labels_per_class", "2",
+            "--valid_labels_per_class", "1", "--batch_size", "10", "--epochs", "1"]
+    try:
+        code = main(argv)
+    except SystemExit as e:  # the exit code, raised or returned
+        code = e.code
+    assert code == 2
     err = capsys.readouterr().err.strip()
     line = err[err.rindex("error:"):]
     assert "\n" not in line and path in line and refused in line, err
