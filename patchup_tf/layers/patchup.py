@@ -70,8 +70,8 @@ class PatchUp(keras.layers.Layer):
     def _targets(self, targets):
         targets = tf.convert_to_tensor(targets)
         if targets.shape.rank == 1:
-            self._target_shape(targets.shape)
-            return tf.one_hot(tf.cast(targets, tf.int32), self.num_classes)
+            _, num_classes = self._target_shape(targets.shape)
+            return tf.one_hot(tf.cast(targets, tf.int32), num_classes)
         return tf.cast(targets, tf.float32)
 
     def call(self, inputs, training=False):
