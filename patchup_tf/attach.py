@@ -26,11 +26,11 @@ first three resolution stages.
 
 import keras
 
+from patchup_tf.heads import check_logits
 from patchup_tf.layers.mixing_point import MixingPoint
 from patchup_tf.methods import NUM_POSITIONS, Method
 from patchup_tf.training import MixingModel
 
-_FINAL_ACTIVATIONS = ("softmax", "sigmoid")
 _MAX_POINTS = NUM_POSITIONS - 1
 
 
@@ -190,32 +190,6 @@ def _check_model(model):
             "Invalid value received for argument `model`. Expected one output "
             "of logits (N, K): end the network with e.g. `GlobalAveragePooling2D()` "
             f"and `Dense(num_classes)`. Received: a model with outputs {shapes}"
-        )
-
-
-def _final_activation(layer):
-    """The name of `layer`'s output activation, if it has one."""
-    if isinstance(layer, keras.layers.Softmax):
-        return "softmax"
-    activation = getattr(layer, "activation", None)
-    if activation is None:
-        return None
-    name = getattr(activation, "__name__", None) or str(activation)
-    return name.split(".")[-1]
-
-
-def _check_logits(graph):
-    (sink,) = graph.outputs
-    layer = sink.layer
-    activation = _final_activation(layer) if layer is not None else None
-    if activation in _FINAL_ACTIVATIONS:
-        raise ValueError(
-            f"Invalid value received for argument `model`. Its output layer "
-            f"'{layer.name}' applies a {activation}; the methods' losses need "
-            "logits. Build the model without it (for `keras.applications`: "
-            "`classifier_activation=None`, or `include_top=False` plus your "
-            "own `Dense(num_classes)`). "
-            f"Received: output layer {layer.name!r} with activation={activation!r}"
         )
 
 
@@ -435,8 +409,8 @@ def attach(model, method="soft_patchup", points="auto", seed=None, **method_opti
     """
     method_obj = Method(method, **method_options)  # validates method and options
     _check_model(model)
+    check_logits(model)
     graph = _Graph(model)
-    _check_logits(graph)
     needed = len(method_obj.hidden_positions)
     if isinstance(points, str) and points == "auto":
         found = _auto_vertices(graph) if needed else []

@@ -16,6 +16,7 @@ import sys
 import keras
 import tensorflow as tf
 
+from patchup_tf.heads import check_logits
 from patchup_tf.losses import softmax_ce
 from patchup_tf.layers.mixing_point import MixingContext, MixingPoint, mixing_context
 from patchup_tf.methods import Method
@@ -36,7 +37,10 @@ class MixingModel(keras.Model):
     Args:
         *args, **kwargs: as `keras.Model` (functional: `inputs, outputs`).
             The outputs must be logits `(N, K)`.
-        method: one of `patchup_tf.methods.METHODS`, default `"vanilla"`.
+        method: one of `patchup_tf.methods.METHODS`, default `"vanilla"`;
+            with none of `method`, `method_options`, `seed` given, a model
+            built over the outputs of a `MixingModel`'s graph (what
+            `keras.models.clone_model` does) takes that model's three.
         method_options: dict of that method's options (`alpha, gamma,
             patchup_prob, block_size, cutmix_prob, cutout, keep_prob,
             dropblock_all, k, loss, loss_params, label_smoothing,
@@ -49,8 +53,10 @@ class MixingModel(keras.Model):
     makes every training step a plain one.
     """
 
-    def __init__(self, *args, method="vanilla", method_options=None, seed=None, **kwargs):
+    def __init__(self, *args, method=None, method_options=None, seed=None, **kwargs):
         super().__init__(*args, **kwargs)
+        if method is None and method_options is None and seed is None:
+            method, method_options, seed = _copied_settings(self.outputs)
         self.method = Method(method, **dict(method_options or {}))
         self._mixing_switch = _Switch()
         seed = check_seed(seed)
@@ -293,8 +299,10 @@ class MixingModel(keras.Model):
         return keras.Model(self.input, self.output, name=f"{self.name}_inference")
 
     def get_config(self):
+        return {**super().get_config(), **self._settings()}
+
+    def _settings(self):
         return {
-            **super().get_config(),
             "method": self.method.name,
             "method_options": {
                 k: list(v) if isinstance(v, tuple) else v
@@ -302,6 +310,25 @@ class MixingModel(keras.Model):
             },
             "seed": self.seed,
         }
+
+    def _run_through_graph(self, *args, **kwargs):
+        # `keras.models.clone_model` walks the graph with this method, then
+        # builds the copy as `type(model)(inputs, outputs)`: the symbolic
+        # outputs carry the settings to `__init__`.
+        outputs = super()._run_through_graph(*args, **kwargs)
+        for tensor in keras.tree.flatten(outputs):
+            if isinstance(tensor, keras.KerasTensor):
+                tensor._mixing_settings = self._settings()
+        return outputs
+
+
+def _copied_settings(outputs):
+    """`(method, method_options, seed)` carried by `outputs` (see
+    `MixingModel._run_through_graph`), else vanilla's with no seed."""
+    settings = getattr(outputs[0], "_mixing_settings", None) if len(outputs) == 1 else None
+    if settings is None:
+        return "vanilla", None, None
+    return settings["method"], settings["method_options"], settings["seed"]
 
 
 class _Switch:
@@ -357,28 +384,6 @@ def _all_finite(tensors):
     """
     sums = [tf.reduce_sum(tf.cast(t, tf.float32)) for t in tensors if t is not None]
     return tf.math.is_finite(tf.add_n(sums))
-
-
-def check_logits(model):
-    """Raises `ValueError` unless `model` has one `(N, K)` output of logits
-    (no final softmax or sigmoid: the methods' losses apply their own)."""
-    shapes = [tuple(o.shape) for o in model.outputs]
-    if len(shapes) != 1 or len(shapes[0]) != 2:
-        raise ValueError(
-            "Invalid model: expected one output of logits (N, K), e.g. "
-            "`GlobalAveragePooling2D()` then `Dense(num_classes)`. "
-            f"Received outputs of shapes {shapes}."
-        )
-    layer = model.layers[-1] if model.layers else None
-    activation = getattr(layer, "activation", None)
-    name = getattr(activation, "__name__", str(activation)).split(".")[-1]
-    if isinstance(layer, keras.layers.Softmax) or name in ("softmax", "sigmoid"):
-        name = "softmax" if isinstance(layer, keras.layers.Softmax) else name
-        raise ValueError(
-            f"Invalid model: its output layer '{layer.name}' applies a {name}, but "
-            "the methods' losses need logits. Remove it (`Dense(num_classes)` with no "
-            "activation; for keras.applications pass `classifier_activation=None`)."
-        )
 
 
 class StopOnNonFinite(keras.callbacks.TerminateOnNaN):

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from patchup_tf import precision
 from patchup_tf.models import build
+from tests.test_mixing import np_bce_on_softmax
 
 BF16_FASTER = {"float32": {"wall_s": 2.0, "cpu_s": 3.0},
                "mixed_bfloat16": {"wall_s": 1.0, "cpu_s": 1.8}}
@@ -368,6 +369,38 @@ def test_loss_is_float32_under_bf16(bf16):
     history = model.fit(x, y, batch_size=4, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
     assert seen and all(s == ("float32", "float32") for s in seen)
+
+
+def test_loss_under_bf16_is_the_float32_loss_by_value(bf16):
+    """The step's loss is NumPy's BCE on the softmax of logits computed in
+    float64 from the head's input, to 1e-6 (it is 2e-8 off): the same logits
+    rounded to bfloat16 give a loss 2.2e-5 away, 20 times the tolerance."""
+    keras.utils.set_random_seed(0)
+    model = build("wrn28_2", 10, "vanilla", seed=0)
+    seen = []
+    loss = model.method.loss
+
+    def recording_loss(logits, *args, **kwargs):
+        value = loss(logits, *args, **kwargs)
+        seen.append((logits.numpy(), float(value)))
+        return value
+
+    model.method.loss = recording_loss
+    model.compile(optimizer=keras.optimizers.SGD(0.01), run_eagerly=True)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 10, 8).astype("int32")
+    head = model.get_layer("logits")
+    features = keras.Model(model.inputs, head.input)(x, training=True)  # as the step's
+    kernel, bias = (w.numpy().astype(np.float64) for w in head.weights)
+    expected = tf.cast(features, tf.float64).numpy() @ kernel + bias
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    ((logits, value),) = seen
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+    targets = np.eye(10, dtype=np.float32)[y]
+    assert value == pytest.approx(np_bce_on_softmax(expected, targets), abs=1e-6)
+    rounded = tf.cast(tf.cast(expected, tf.bfloat16), tf.float64).numpy()
+    assert abs(value - np_bce_on_softmax(rounded, targets)) > 1e-5
 
 
 def test_exported_model_serves_float32_logits(bf16, tmp_path):

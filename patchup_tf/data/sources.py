@@ -8,8 +8,10 @@ comes from scikit-learn (see `patchup_tf.data.digits`).
 """
 
 import logging
+import math
 import os
 import pickle
+import re
 
 import numpy as np
 
@@ -247,10 +249,180 @@ def _read_torchvision(name, folder):
     return RawData(x_train, y_train, x_test, y_test, names)
 
 
+# ------------------------------------------------------- CIFAR pickles
+_PLAIN_DTYPE = re.compile(r"[biuf][0-9]{1,2}")
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    """A pickle named a global that a CIFAR pickle never holds."""
+
+
+class _PickledDtype:
+    """A dtype as a pickle describes it: a plain numeric type string and a
+    byte order, checked before NumPy sees either."""
+
+    def __init__(self, spec, align=False, copy=True):
+        spec = spec.decode("ascii") if isinstance(spec, bytes) else spec
+        if not isinstance(spec, str) or not _PLAIN_DTYPE.fullmatch(spec):
+            raise pickle.UnpicklingError(f"unsupported array type {spec!r}")
+        self.dtype = np.dtype(spec)
+
+    def __setstate__(self, state):
+        # (version, byteorder, subarray, names, fields, ...): plain types only.
+        order = state[1].decode("ascii") if isinstance(state[1], bytes) else state[1]
+        if order not in ("|", "<", ">", "=") or any(v is not None for v in state[2:5]):
+            raise pickle.UnpicklingError(f"unsupported array type state {state!r}")
+        if order in ("<", ">"):
+            self.dtype = self.dtype.newbyteorder(order)
+
+
+class _PickledArray:
+    """An array as a pickle describes it; `array` is made from its raw bytes."""
+
+    array = None
+
+    def __setstate__(self, state):
+        # (version, shape, dtype, fortran_order, raw bytes); version is optional.
+        shape, dtype, fortran, raw = state[-4:]
+        self.array = _array_from_bytes(raw, dtype, shape, "F" if fortran else "C")
+
+
+def _array_from_bytes(raw, dtype, shape, order):
+    if not isinstance(dtype, _PickledDtype) or not isinstance(raw, (bytes, bytearray)):
+        raise pickle.UnpicklingError("malformed array")
+    shape = tuple(shape)
+    if not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise pickle.UnpicklingError(f"malformed array shape {shape!r}")
+    if len(raw) != math.prod(shape) * dtype.dtype.itemsize:
+        raise pickle.UnpicklingError(
+            f"an array of shape {shape} holds {len(raw)} bytes")
+    order = order.decode("ascii") if isinstance(order, bytes) else order
+    return np.frombuffer(raw, dtype.dtype).reshape(shape, order="F" if order == "F" else "C")
+
+
+class _StandIn:
+    """What the unpickler hands out for an allowed global: calls `function`.
+
+    Not the function itself: pickle's BUILD opcode sets attributes on any
+    object without a `__setstate__` (functions included), so a file could
+    otherwise change our stand-ins for the files read after it.
+    """
+
+    __slots__ = ("function",)
+
+    def __init__(self, function):
+        self.function = function
+
+    def __call__(self, *args):
+        return self.function(*args)
+
+    def __setstate__(self, state):
+        raise pickle.UnpicklingError("a state for a global")
+
+
+def _ndarray(*args):
+    raise pickle.UnpicklingError("numpy.ndarray called directly")
+
+
+_NDARRAY = _StandIn(_ndarray)  # passed to `_reconstruct`, never called
+
+
+def _reconstruct(cls, shape, typecode):
+    if cls is not _NDARRAY:
+        raise pickle.UnpicklingError("malformed array")
+    return _PickledArray()
+
+
+def _frombuffer(raw, dtype, shape, order):
+    array = _PickledArray()
+    array.array = _array_from_bytes(raw, dtype, shape, order)
+    return array
+
+
+def _scalar(dtype, raw):
+    return _array_from_bytes(raw, dtype, (), "C")[()]
+
+
+def _latin1_encode(text, encoding):
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"unsupported bytes encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+def _empty_bytes():
+    return b""
+
+
+# The globals a CIFAR pickle may name. torchvision's files (Python 2, protocol
+# 2) name `numpy.core.multiarray._reconstruct`, `numpy.ndarray` and
+# `numpy.dtype`; files written again by Python 3 may also name NumPy 2's
+# spellings, `_frombuffer` (protocol 5), a NumPy scalar's `scalar` (labels
+# saved from an array), and `_codecs.encode` / `bytes` (bytes under
+# protocols 0-2). Each maps to a stand-in above, never to the named object:
+# nothing the file names is imported or called.
+_PICKLE_GLOBALS = {
+    **dict.fromkeys([("numpy.core.multiarray", "_reconstruct"),
+                     ("numpy._core.multiarray", "_reconstruct")], _StandIn(_reconstruct)),
+    **dict.fromkeys([("numpy.core.numeric", "_frombuffer"),
+                     ("numpy._core.numeric", "_frombuffer")], _StandIn(_frombuffer)),
+    **dict.fromkeys([("numpy.core.multiarray", "scalar"),
+                     ("numpy._core.multiarray", "scalar")], _StandIn(_scalar)),
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy", "dtype"): _StandIn(_PickledDtype),
+    ("_codecs", "encode"): _StandIn(_latin1_encode),
+    **dict.fromkeys([("__builtin__", "bytes"), ("builtins", "bytes")], _StandIn(_empty_bytes)),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Rebuilds dicts, lists, strings, numbers and plain NumPy arrays only.
+
+    Every global the file names goes through `find_class`; those outside
+    `_PICKLE_GLOBALS` are refused, so loading runs nothing from the file.
+    """
+
+    def find_class(self, module, name):
+        stand_in = _PICKLE_GLOBALS.get((module, name))
+        if stand_in is None:
+            raise _RefusedGlobal(f"{module}.{name}")
+        return stand_in
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("persistent ids are not supported")
+
+
+def _arrays_in(value):
+    """`value` with every `_PickledArray` replaced by its array."""
+    if isinstance(value, _PickledArray):
+        if value.array is None:
+            raise pickle.UnpicklingError("an array without data")
+        return value.array
+    if isinstance(value, dict):
+        return {k: _arrays_in(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_arrays_in(v) for v in value)
+    if isinstance(value, (_PickledDtype, _StandIn)):
+        raise pickle.UnpicklingError("a bare NumPy type or global")
+    return value
+
+
 def _load_pickle(path):
+    """The dict of a CIFAR python pickle, read without running anything.
+
+    Only what CIFAR's files hold is rebuilt (see `_CifarUnpickler`); a file
+    naming anything else (e.g. `os.system`, which a crafted `__reduce__`
+    makes `pickle.load` call) raises `DataError` before it is called.
+    """
     try:
         with open(path, "rb") as f:
-            content = pickle.load(f, encoding="bytes")
+            content = _arrays_in(_CifarUnpickler(f, encoding="bytes").load())
+    except _RefusedGlobal as e:
+        raise DataError(
+            f"Refused to load {path}: it names the Python object {e}, and a "
+            "CIFAR python pickle holds only dicts, lists, strings, numbers and "
+            "NumPy arrays. Nothing from it was run. Delete the file and "
+            "download it again."
+        ) from None
     except Exception as e:
         raise DataError(
             f"Could not unpickle {path} ({type(e).__name__}: {e}); the file is "

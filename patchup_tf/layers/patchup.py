@@ -58,13 +58,20 @@ class PatchUp(keras.layers.Layer):
         self.seed = check_seed(seed)
         self.seed_generator = keras.random.SeedGenerator(self.seed)
 
-    def _targets(self, targets):
-        targets = tf.convert_to_tensor(targets)
-        if targets.shape.rank == 1:
+    def _target_shape(self, shape):
+        """The float32 targets' shape for targets of shape `shape`."""
+        if len(shape) == 1:
             if self.num_classes is None:
                 raise invalid("num_classes", "an int: integer labels (N,) need the number of "
                               "classes (or pass one-hot targets (N, K))", None)
-            return tf.one_hot(tf.cast(targets, tf.int32), self.num_classes)
+            return (shape[0], self.num_classes)
+        return tuple(shape)
+
+    def _targets(self, targets):
+        targets = tf.convert_to_tensor(targets)
+        if targets.shape.rank == 1:
+            _, num_classes = self._target_shape(targets.shape)
+            return tf.one_hot(tf.cast(targets, tf.int32), num_classes)
         return tf.cast(targets, tf.float32)
 
     def call(self, inputs, training=False):
@@ -88,7 +95,17 @@ class PatchUp(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         f, t = input_shape
-        return f, t, t, t, ()
+        t = self._target_shape(t)
+        return tuple(f), t, t, t, ()
+
+    def compute_output_spec(self, inputs, training=False):
+        # The targets and `u` are float32 under every policy; the features
+        # keep their (compute) dtype.
+        features, targets = inputs
+        f, t, _, _, u = self.compute_output_shape((features.shape, targets.shape))
+        targets = keras.KerasTensor(t, dtype="float32")
+        return (keras.KerasTensor(f, dtype=features.dtype), targets, targets, targets,
+                keras.KerasTensor(u, dtype="float32"))
 
     def get_config(self):
         return {

@@ -22,7 +22,8 @@ Differences from `keras.layers.BatchNormalization` (the exact mode,
   float32).
 
 Anything the kernel does not cover (a mask, renorm, `synchronized`, not 4-D,
-a channel axis other than the last, another backend, float16 without a GPU:
+a channel axis other than the last, another backend, inputs other than
+float32, bfloat16 and float16 (e.g. float64), float16 without a GPU:
 TensorFlow's CPU kernels have no float16 BN+ReLU fusion) falls back to
 Keras' own computation.
 """
@@ -58,6 +59,7 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
             and inputs.shape.rank == 4
             and axis == 3
             and keras.backend.backend() == "tensorflow"
+            and inputs.dtype in _FUSED_DTYPES
             and (inputs.dtype != tf.float16 or _has_gpu())
         )
 
@@ -65,7 +67,7 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
         inputs = tf.convert_to_tensor(inputs)
         if not self._fusable(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
-        x = inputs if inputs.dtype in _FUSED_DTYPES else tf.cast(inputs, tf.float32)
+        x = inputs
         channels = x.shape[-1]
         gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels], tf.float32)
         beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels], tf.float32)

@@ -16,32 +16,43 @@ from patchup_tf.training import MixingModel
 NUM_CLASSES = 4
 
 
+def _kernel(init_seed, layer):
+    """A seeded Glorot initializer: the same weights at every build."""
+    return keras.initializers.GlorotUniform(seed=100 * init_seed + layer)
+
+
 def tiny_layers(num_classes=NUM_CLASSES, batchnorm=True, width=4, input_shape=(32, 32, 3),
-                point_cls=MixingPoint):
-    """`(inputs, logits)` of a tiny CNN with `point_cls(1..4)` (mixing points)."""
+                point_cls=MixingPoint, init_seed=0):
+    """`(inputs, logits)` of a tiny CNN with `point_cls(1..4)` (mixing points),
+    its kernels drawn from `init_seed`."""
     inputs = keras.Input(input_shape, name="images")
-    x = keras.layers.Conv2D(width, 3, padding="same", name="stem")(inputs)
+    x = keras.layers.Conv2D(width, 3, padding="same", name="stem",
+                            kernel_initializer=_kernel(init_seed, 0))(inputs)
     x = point_cls(1, name="mix_1")(x)
     if batchnorm:
         x = keras.layers.BatchNormalization(name="bn")(x)
     x = keras.layers.ReLU()(x)
-    x = keras.layers.Conv2D(width, 3, padding="same", activation="relu", name="stage1")(x)
+    x = keras.layers.Conv2D(width, 3, padding="same", activation="relu", name="stage1",
+                            kernel_initializer=_kernel(init_seed, 1))(x)
     x = point_cls(2, name="mix_2")(x)
     x = keras.layers.Conv2D(2 * width, 3, strides=2, padding="same", activation="relu",
-                            name="stage2")(x)
+                            name="stage2", kernel_initializer=_kernel(init_seed, 2))(x)
     x = point_cls(3, name="mix_3")(x)
     x = keras.layers.Conv2D(2 * width, 3, strides=2, padding="same", activation="relu",
-                            name="stage3")(x)
+                            name="stage3", kernel_initializer=_kernel(init_seed, 3))(x)
     x = point_cls(4, name="mix_4")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    logits = keras.layers.Dense(num_classes, name="logits")(x)
+    logits = keras.layers.Dense(num_classes, name="logits",
+                                kernel_initializer=_kernel(init_seed, 4))(x)
     return inputs, logits
 
 
 def tiny_model(method="vanilla", seed=0, num_classes=NUM_CLASSES, batchnorm=True,
-               cls=MixingModel, point_cls=MixingPoint, **options):
-    """A tiny `MixingModel` (not compiled) trained with `method` and `options`."""
-    inputs, logits = tiny_layers(num_classes, batchnorm, point_cls=point_cls)
+               cls=MixingModel, point_cls=MixingPoint, init_seed=0, **options):
+    """A tiny `MixingModel` (not compiled) trained with `method` and `options`,
+    its plans drawn from `seed` and its initial weights from `init_seed`."""
+    inputs, logits = tiny_layers(num_classes, batchnorm, point_cls=point_cls,
+                                 init_seed=init_seed)
     return cls(inputs, logits, method=method, method_options=options, seed=seed)
 
 
