@@ -3,8 +3,8 @@
 A `MixingPoint(position)` stands between two stages of a functional model.
 At inference, and whenever no training step is running, it is the identity,
 so `predict`, `evaluate` and exported models see a plain CNN. During a
-`MixingModel.train_step` the step opens a `MixingContext` holding the batch's
-plan (drawn once); every mixing point hands its features to that context,
+`MixingModel` training step the step opens a `MixingContext` holding the
+batch's plan (drawn once); every mixing point hands its features to that context,
 which mixes them if the plan makes this position active and records the
 mixed targets for the loss.
 """
@@ -13,7 +13,7 @@ import contextlib
 import threading
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from patchup_tf.rules import check_position
 
@@ -38,7 +38,7 @@ class MixingContext:
         if not self.method.acts_at(position):
             return features
         before = self.result._replace(features=features)
-        self.result = tf.cond(
+        self.result = ops.cond(
             self.plan["active"][position],
             # The mask is not carried on: positions differ in shape.
             lambda: self.method.mix(position, before, self.plan)._replace(holes=None),
