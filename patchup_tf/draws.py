@@ -129,6 +129,18 @@ def split(seed, num):
     return [_derive(seed, i, _SPLIT) for i in range(num)]
 
 
+def step_seed(seed, step):
+    """The seed of a training step: `seed` (an int) folded with the step
+    (an integer tensor) and the replica (TensorFlow's replica id; 0 elsewhere)."""
+    if on_tensorflow():
+        tf = _tf()
+        folded = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int32), step)
+        replica = tf.distribute.get_replica_context()
+        replica_id = replica.replica_id_in_sync_group if replica is not None else 0
+        return tf.random.experimental.stateless_fold_in(folded, replica_id)
+    return fold_in(fold_in(seed, step), 0)
+
+
 # -------------------------------------------------------------------- draws
 class _GivenSeed(keras.random.SeedGenerator):
     """Hands one given seed tensor to `keras.random` (whose ops take a seed

@@ -25,12 +25,15 @@ class MixingContext:
 
     `mix(position, x)` applies the method where the plan says and keeps the
     resulting `MixResult` (`features, y_a, y_b, y_mix, u`) in `self.result`.
+    `weighted`: the targets' last column is each sample's weight.
     """
 
-    def __init__(self, method, plan, targets):
+    def __init__(self, method, plan, targets, weighted=False):
         self.method = method
         self.plan = plan
+        self.weighted = weighted
         self.result = method.clean(None, targets)
+        self.targets = self.result.y_a
         self.used_positions = set()
 
     def mix(self, position, features):
