@@ -91,15 +91,49 @@ def shares(count, size):
     In float64, so that eager, graph and XLA agree exactly (graph mode may
     turn a float32 division by a constant into a multiplication by its
     reciprocal). Without float64 (JAX's default) `q` and `u` are the
-    correctly rounded float32 quotients `count / size` and `(size - count)
-    / size`, which are the float64 route's values for counts below 2**24.
+    correctly rounded quotients `count / size` and `(size - count) / size`
+    (`rounded_quotient`), which equal the float64 route's for sizes below
+    2**24.
     """
     if _wide_float() == "float64":
         q64 = ops.cast(count, "float64") / ops.cast(size, "float64")
         return ops.cast(q64, "float32"), ops.cast(1.0 - q64, "float32")
-    count = ops.cast(count, "float32")
-    size = ops.cast(size, "float32")
-    return count / size, (size - count) / size
+    count = ops.cast(count, "int32")
+    size = ops.cast(size, "int32")
+    return rounded_quotient(count, size), rounded_quotient(size - count, size)
+
+
+_QUOTIENT_BITS = 24  # float32's significand
+
+
+def rounded_quotient(numerator, denominator):
+    """float32 `numerator / denominator` rounded to nearest (ties to even),
+    for int32 tensors `0 <= numerator <= denominator < 2**24`.
+
+    By long division in integers: XLA's float32 division on CPU can be an
+    ulp off the rounded quotient.
+    """
+    d = ops.broadcast_to(denominator, ops.shape(numerator))
+    scale = ops.ones(ops.shape(numerator), "float32")
+    n, scale, _ = ops.fori_loop(0, _QUOTIENT_BITS, _normalise, (numerator, scale, d))
+    m, rem, _ = ops.fori_loop(0, _QUOTIENT_BITS, _divide, (ops.zeros_like(n), n, d))
+    up = ops.logical_or(rem > d, ops.logical_and(rem == d, m % 2 == 1))
+    m = m + ops.cast(up, "int32")
+    return ops.cast(m, "float32") * scale * 2.0 ** (1 - _QUOTIENT_BITS)
+
+
+def _normalise(_, state):
+    """One doubling of `n` below `d` (`scale` halves): ends with n in [d, 2d)."""
+    n, scale, d = state
+    low = n < d
+    return ops.where(low, n * 2, n), ops.where(low, scale * 0.5, scale), d
+
+
+def _divide(_, state):
+    """One quotient bit into `m`; `rem` is twice the remainder."""
+    m, rem, d = state
+    bit = rem >= d
+    return m * 2 + ops.cast(bit, "int32"), (rem - ops.where(bit, d, 0)) * 2, d
 
 
 def check_features(features, name="features"):

@@ -86,10 +86,13 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
         if moments is not None:
             # `variance` is the unbiased batch variance (see the module docstring).
             mean, variance = moments
-            momentum = self.momentum
-            self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
+            # The factors in the variables' dtype (a Python float may be taken as float32).
+            dtype = self.moving_mean.dtype
+            keep = ops.convert_to_tensor(self.momentum, dtype)
+            take = ops.convert_to_tensor(1.0 - self.momentum, dtype)
+            self.moving_mean.assign(self.moving_mean * keep + ops.cast(mean, dtype) * take)
             self.moving_variance.assign(
-                self.moving_variance * momentum + variance * (1.0 - momentum)
+                self.moving_variance * keep + ops.cast(variance, dtype) * take
             )
         return ops.cast(y, self.compute_dtype)
 
