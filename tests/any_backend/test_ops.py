@@ -13,18 +13,7 @@ from keras import ops
 
 from patchup_tf import draws, losses, mixing
 from patchup_tf.methods import Method
-from tests.helpers.reference import (
-    derangement,
-    distinct_batch,
-    holes_from_uniforms,
-    is_union_of_blocks,
-    np_bce_on_softmax,
-    np_cutmix_box,
-    np_cutout_bounds,
-    np_gamma_adj,
-    np_softmax_ce,
-    one_hot,
-)
+from tests.helpers import reference as ref
 from tests.helpers.stats import assert_beta, assert_freq, freq_check
 
 
@@ -86,18 +75,18 @@ def test_uniform_and_randint_laws():
 @pytest.mark.parametrize("per_sample", [False, True])
 def test_patchup_exact(mode, per_sample):
     n, h, w, c, b, gamma = 4, 12, 10, 3, 5, 0.6
-    x = distinct_batch(n, h, w, c)
-    y = one_hot(np.arange(n) % 3, 3)
-    perm = derangement(n)
+    x = ref.distinct_batch(n, h, w, c)
+    y = ref.one_hot(np.arange(n) % 3, 3)
+    perm = ref.derangement(n)
     lam = np.float32(0.3) if not per_sample else np.linspace(0.2, 0.8, n).astype(np.float32)
     r = mixing.patchup(x, y, mode=mode, gamma=gamma, block_size=b, lam=lam, perm=perm,
                        seed=21, per_sample=per_sample)
     shape = [n if per_sample else 1, h, w, c]
-    holes = holes_from_uniforms(npy(mixing.uniform(shape, 21)), np_gamma_adj(gamma, b, h, w), b)
+    holes = ref.holes_from_uniforms(npy(mixing.uniform(shape, 21)), ref.np_gamma_adj(gamma, b, h, w), b)
     holes = holes if per_sample else holes[0]
     np.testing.assert_array_equal(npy(r.holes), holes)
     assert 0.0 < holes.mean() < 1.0, "seed gives a degenerate mask; pick another"
-    assert is_union_of_blocks(holes.reshape(-1, h, w, c)[0, ..., 0], b)
+    assert ref.is_union_of_blocks(holes.reshape(-1, h, w, c)[0, ..., 0], b)
     hb = holes if per_sample else holes[None]
     lam_x = lam.reshape(-1, 1, 1, 1) if per_sample else lam
     lam_y = lam.reshape(-1, 1) if per_sample else lam
@@ -115,7 +104,7 @@ def test_patchup_exact(mode, per_sample):
 
 
 def test_mixup_exact():
-    x, y, perm = distinct_batch(4, 6, 5, 2), one_hot([0, 1, 2, 1], 3), derangement(4)
+    x, y, perm = ref.distinct_batch(4, 6, 5, 2), ref.one_hot([0, 1, 2, 1], 3), ref.derangement(4)
     r = mixing.mixup(x, y, lam=np.float32(0.35), perm=perm)
     lam = np.float32(0.35)
     np.testing.assert_allclose(npy(r.features), lam * x + (1 - lam) * x[perm], rtol=1e-6)
@@ -127,11 +116,11 @@ def test_mixup_exact():
 @pytest.mark.parametrize("lam", [0.3, 0.75, 0.97])
 def test_cutmix_box_and_kept_fraction_exact(lam):
     n, h, w = 4, 12, 9
-    x, y, perm = distinct_batch(n, h, w, 2), one_hot([0, 1, 2, 1], 3), derangement(n)
+    x, y, perm = ref.distinct_batch(n, h, w, 2), ref.one_hot([0, 1, 2, 1], 3), ref.derangement(n)
     r = mixing.cutmix(x, y, lam=np.float32(lam), perm=perm, seed=5)
     s_y, s_x = mixing.split_seed(5, 2)
     cy, cx = int(npy(draws.randint((), s_y, 0, h))), int(npy(draws.randint((), s_x, 0, w)))
-    y1, y2, x1, x2 = np_cutmix_box(h, w, lam, cy, cx)
+    y1, y2, x1, x2 = ref.np_cutmix_box(h, w, lam, cy, cx)
     expected = x.copy()
     expected[:, y1:y2, x1:x2] = x[perm][:, y1:y2, x1:x2]
     np.testing.assert_array_equal(npy(r.features), expected)
@@ -142,12 +131,12 @@ def test_cutmix_box_and_kept_fraction_exact(lam):
 
 def test_cutout_exact():
     n, h, w, size = 5, 10, 8, 4
-    x = distinct_batch(n, h, w, 3)
+    x = ref.distinct_batch(n, h, w, 3)
     out = npy(mixing.cutout(x, size=size, seed=9))
     s_y, s_x = mixing.split_seed(9, 2)
     cys, cxs = npy(draws.randint([n], s_y, 0, h)), npy(draws.randint([n], s_x, 0, w))
     for i, (cy, cx) in enumerate(zip(cys, cxs)):
-        (y1, y2), (x1, x2) = np_cutout_bounds(cy, size, h), np_cutout_bounds(cx, size, w)
+        (y1, y2), (x1, x2) = ref.np_cutout_bounds(cy, size, h), ref.np_cutout_bounds(cx, size, w)
         expected = x[i].copy()
         expected[y1:y2, x1:x2] = 0.0
         np.testing.assert_array_equal(out[i], expected)
@@ -156,10 +145,10 @@ def test_cutout_exact():
 @pytest.mark.parametrize("per_sample", [False, True])
 def test_dropblock_exact(per_sample):
     n, h, w, c, b, keep = 3, 8, 8, 2, 3, 0.8
-    x = distinct_batch(n, h, w, c)
+    x = ref.distinct_batch(n, h, w, c)
     out = npy(mixing.dropblock(x, keep_prob=keep, block_size=b, seed=4, per_sample=per_sample))
-    rate = np_gamma_adj(1 - keep, b, h, w)
-    mask = 1.0 - holes_from_uniforms(npy(mixing.uniform([n, h, w, c], 4)), rate, b)
+    rate = ref.np_gamma_adj(1 - keep, b, h, w)
+    mask = 1.0 - ref.holes_from_uniforms(npy(mixing.uniform([n, h, w, c], 4)), rate, b)
     if per_sample:
         scale = (h * w * c) / np.maximum(mask.sum(axis=(1, 2, 3), keepdims=True), 1.0)
     else:
@@ -169,7 +158,7 @@ def test_dropblock_exact(per_sample):
 
 def test_mixup_cutmix_per_image_takes_each_op_per_image():
     n = 4
-    x, y, perm = distinct_batch(n, 8, 8, 1), one_hot([0, 1, 2, 0], 3), derangement(n)
+    x, y, perm = ref.distinct_batch(n, 8, 8, 1), ref.one_hot([0, 1, 2, 0], 3), ref.derangement(n)
     lam = np.array([0.4, 0.6, 0.7, 0.5], np.float32)
     use = np.array([True, False, True, False])
     r = mixing.mixup_cutmix(x, y, lam=lam, perm=perm, use_cutmix=use, seed=3)
@@ -188,14 +177,14 @@ def test_losses_exact_and_weighted():
     targets = rng.dirichlet(np.ones(4), 6).astype(np.float32)
     w = rng.uniform(0.5, 2, 6).astype(np.float32)
     assert float(npy(losses.bce_on_softmax(logits, targets))) == pytest.approx(
-        np_bce_on_softmax(logits, targets), rel=2e-6)
+        ref.np_bce_on_softmax(logits, targets), rel=2e-6)
     assert float(npy(losses.softmax_ce(logits, targets))) == pytest.approx(
-        np_softmax_ce(logits, targets), rel=2e-6)
-    per = [np_softmax_ce(logits[i:i + 1], targets[i:i + 1]) for i in range(6)]
+        ref.np_softmax_ce(logits, targets), rel=2e-6)
+    per = [ref.np_softmax_ce(logits[i:i + 1], targets[i:i + 1]) for i in range(6)]
     assert float(npy(losses.softmax_ce(logits, targets, sample_weight=w))) == pytest.approx(
         float(np.mean(w * np.array(per))), rel=2e-6)
-    np.testing.assert_allclose(npy(losses.smooth_labels(one_hot([0, 3], 4), 0.2)),
-                               0.8 * one_hot([0, 3], 4) + 0.05, rtol=1e-7)
+    np.testing.assert_allclose(npy(losses.smooth_labels(ref.one_hot([0, 3], 4), 0.2)),
+                               0.8 * ref.one_hot([0, 3], 4) + 0.05, rtol=1e-7)
 
 
 def test_patchup_loss_form_by_hand():
@@ -207,11 +196,11 @@ def test_patchup_loss_form_by_hand():
     result = mixing.MixResult(None, y_a, y_b, y_mix, u)
     plan = {"apply": np.array(True)}
     (a, b) = method.options["loss_params"]
-    expected = (a * u * np_softmax_ce(logits, y_a) + (1 - u) * np_softmax_ce(logits, y_b)
-                + b * np_softmax_ce(logits, y_mix))
+    expected = (a * u * ref.np_softmax_ce(logits, y_a) + (1 - u) * ref.np_softmax_ce(logits, y_b)
+                + b * ref.np_softmax_ce(logits, y_mix))
     assert float(npy(method.loss(logits, y_a, result, plan))) == pytest.approx(expected, rel=2e-6)
     plain = float(npy(method.loss(logits, y_a, result, {"apply": np.array(False)})))
-    assert plain == pytest.approx(np_softmax_ce(logits, y_a), rel=2e-6)
+    assert plain == pytest.approx(ref.np_softmax_ce(logits, y_a), rel=2e-6)
 
 
 # ----------------------------------------------------------------- plans
