@@ -49,7 +49,13 @@ setup(
         "scikit-learn",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest", "hypothesis"], "hub": ["keras-hub>=0.32"]},
+    extras_require={
+        # jax and torch run tests/any_backend (tests/test_backends.py). torch is
+        # pinned to the CPU build tested here: a bare `torch` from PyPI pulls a
+        # multi-gigabyte CUDA build.
+        "test": ["pytest", "hypothesis", "jax>=0.4.30", "torch==2.13.0"],
+        "hub": ["keras-hub>=0.32"],
+    },
     entry_points={
         "console_scripts": [
             "patchup-train = patchup_tf.cli.train:main",

@@ -7,7 +7,7 @@ Their per-sample forms (`PER_SAMPLE_LOSSES`) return the `(N,)` terms
 `w_i l_i` whose mean is that loss, for losses weighted per image.
 """
 
-import tensorflow as tf
+from keras import ops
 
 from patchup_tf.rules import check_label_smoothing
 
@@ -15,31 +15,31 @@ from patchup_tf.rules import check_label_smoothing
 def _reduce(per_element, sample_weight):
     """Mean over every element, or `sum(w_i * mean_i) / N` with weights."""
     if sample_weight is None:
-        return tf.reduce_mean(per_element)
-    if per_element.shape.rank == 2:
-        per_element = tf.reduce_mean(per_element, axis=-1)
-    weights = tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
-    return tf.reduce_sum(weights * per_element) / tf.cast(tf.size(per_element), tf.float32)
+        return ops.mean(per_element)
+    if len(per_element.shape) == 2:
+        per_element = ops.mean(per_element, axis=-1)
+    weights = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+    return ops.sum(weights * per_element) / ops.cast(ops.size(per_element), "float32")
 
 
 def _per_sample(per_element, sample_weight):
     """`(N,)`: each row's mean (`(N, K)` input) or value (`(N,)`), times its weight."""
-    if per_element.shape.rank == 2:
-        per_element = tf.reduce_mean(per_element, axis=-1)
+    if len(per_element.shape) == 2:
+        per_element = ops.mean(per_element, axis=-1)
     if sample_weight is None:
         return per_element
-    return tf.reshape(tf.cast(sample_weight, tf.float32), [-1]) * per_element
+    return ops.reshape(ops.cast(sample_weight, "float32"), (-1,)) * per_element
 
 
 def _bce_terms(logits, targets):
     """`t log_p + (1-t) log_1mp`, `(N, K)`, as `bce_on_softmax` describes."""
-    logits = tf.cast(logits, tf.float32)
-    targets = tf.cast(targets, tf.float32)
-    p = tf.nn.softmax(logits, axis=-1)
+    logits = ops.cast(logits, "float32")
+    targets = ops.cast(targets, "float32")
+    p = ops.softmax(logits, axis=-1)
     # log p from log_softmax: TF flushes float32 denormals to zero, so
     # log(softmax) would clamp at -100 where torch's log(p) still reads
     # -87 .. -103; 1 - p stays the float32 difference, as in the reference.
-    log_p = tf.maximum(tf.nn.log_softmax(logits, axis=-1), -100.0)
+    log_p = ops.maximum(ops.log_softmax(logits, axis=-1), -100.0)
     log_1mp = _clamped_log(1.0 - p)
     return targets * log_p + (1.0 - targets) * log_1mp
 
@@ -61,14 +61,14 @@ def bce_on_softmax_per_sample(logits, targets, sample_weight=None):
 
 def _clamped_log(v):
     positive = v > 0
-    safe = tf.where(positive, v, tf.ones_like(v))
-    return tf.where(positive, tf.maximum(tf.math.log(safe), -100.0), -100.0)
+    safe = ops.where(positive, v, ops.ones_like(v))
+    return ops.where(positive, ops.maximum(ops.log(safe), -100.0), -100.0)
 
 
 def _ce_terms(logits, targets):
-    logits = tf.cast(logits, tf.float32)
-    targets = tf.cast(targets, tf.float32)
-    return tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+    logits = ops.cast(logits, "float32")
+    targets = ops.cast(targets, "float32")
+    return ops.categorical_crossentropy(targets, logits, from_logits=True)
 
 
 def softmax_ce(logits, targets, sample_weight=None):
@@ -89,10 +89,10 @@ def smooth_labels(targets, label_smoothing):
     eps = check_label_smoothing(label_smoothing)
     if eps == 0.0:
         return targets
-    targets = tf.cast(targets, tf.float32)
+    targets = ops.cast(targets, "float32")
     num_classes = targets.shape[-1]
     if num_classes is None:
-        num_classes = tf.cast(tf.shape(targets)[-1], tf.float32)
+        num_classes = ops.cast(ops.shape(targets)[-1], "float32")
     return (1.0 - eps) * targets + eps / num_classes
 
 

@@ -10,9 +10,9 @@ masks and boxes); `mix` applies the method at one position given that plan;
 sees the same draw (`docs/methods.md`, "The plan").
 """
 
-import tensorflow as tf
+from keras import ops
 
-from patchup_tf import mixing
+from patchup_tf import draws, mixing
 from patchup_tf.losses import LOSSES, PER_SAMPLE_LOSSES, smooth_labels
 from patchup_tf.rules import (  # noqa: F401  (METHODS, NUM_POSITIONS, ... re-exported)
     COMMON_DEFAULTS,
@@ -119,7 +119,7 @@ class Method:
         (`(N,)` ones with `per_sample`, so both branches of a step agree)."""
         result = mixing.MixResult.clean(features, targets)
         if self.per_sample:
-            result = result._replace(u=tf.ones(tf.shape(result.y_a)[:1], tf.float32))
+            result = result._replace(u=ops.ones(ops.shape(result.y_a)[:1], "float32"))
         return result
 
     @property
@@ -147,19 +147,18 @@ class Method:
 
     def _positions(self, s_pos):
         spec, o = self.spec, self.options
-        positions = tf.range(NUM_POSITIONS)
+        positions = ops.arange(NUM_POSITIONS, dtype="int32")
         law = spec.positions
         if spec.all_option is not None and o[spec.all_option]:
             law = "all_1_k"
         if law == "none":
-            return tf.zeros([NUM_POSITIONS], tf.bool)
+            return ops.zeros([NUM_POSITIONS], "bool")
         if law == "input":
-            return tf.equal(positions, 0)
+            return ops.equal(positions, 0)
         if law == "all_1_k":
-            return (positions >= 1) & (positions <= o["k"])
+            return ops.logical_and(positions >= 1, positions <= o["k"])
         low = 1 if law == "one_of_1_k" else 0
-        where = tf.random.stateless_uniform([], s_pos, low, o["k"] + 1, dtype=tf.int32)
-        return tf.equal(positions, where)
+        return ops.equal(positions, draws.randint((), s_pos, low, o["k"] + 1))
 
     def draw_plan(self, seed, batch_size):
         """Draws the batch's plan from `seed` (int32[2]).
@@ -175,7 +174,7 @@ class Method:
         shape = [batch_size] if self.per_sample else ()
         prob = self.options[spec.prob_option] if spec.prob_option else 1.0
         apply = mixing.uniform([], s_apply) < prob
-        active = self._positions(s_pos) & apply
+        active = ops.logical_and(self._positions(s_pos), apply)
         input_alpha = self._alpha(spec.input_alpha)
         plan = {}
         if spec.switch_key is not None:
@@ -183,13 +182,13 @@ class Method:
             s_switch = mixing.derive_seed(seed, 6)
             switched = mixing.uniform(shape, s_switch) < self.options[spec.switch_option]
             other = mixing.beta(self._alpha(spec.switch_alpha), s_lam0, shape)
-            lam = tf.where(switched, other, mixing.beta(input_alpha, s_lam, shape))
+            lam = ops.where(switched, other, mixing.beta(input_alpha, s_lam, shape))
             plan[spec.switch_key] = switched
         elif spec.hidden_alpha is not None:
             # Input and hidden positions draw lam from different laws
             # (PatchUp: CutMix's Beta(1, 1) at l = 0, Beta(a, a) at l >= 1).
             hidden = mixing.beta(self._alpha(spec.hidden_alpha), s_lam, shape)
-            lam = tf.where(active[0], mixing.beta(input_alpha, s_lam0, shape), hidden)
+            lam = ops.where(active[0], mixing.beta(input_alpha, s_lam0, shape), hidden)
         else:
             lam = mixing.beta(input_alpha, s_lam, shape)
         perm = mixing.permutation(batch_size, s_perm)
@@ -201,7 +200,7 @@ class Method:
         """Applies the method at `position` (assumed active) to `result`, a
         `MixResult` (`MixResult.clean(x, y)` for an unmixed batch)."""
         op = self.spec.input_op if position == 0 else self.spec.hidden_op
-        seed = tf.random.experimental.stateless_fold_in(plan["seed"], position)
+        seed = draws.fold_in(plan["seed"], position)
         return OPS[op](self, position, result, plan, seed)
 
     # --------------------------------------------------------------- loss
@@ -231,11 +230,11 @@ class Method:
         if self.per_sample and form in ("patchup", "pair"):
             mixed = self._per_sample_loss(logits, result, weighted)
             # A step without mixing: L(y), exactly the plain step's loss.
-            return tf.where(plan["apply"], mixed, fn(logits, targets))
+            return ops.where(plan["apply"], mixed, fn(logits, targets))
         if form == "patchup":
             a, b = self.options["loss_params"]
             mixed = a * u * fn(logits, y_a) + (1.0 - u) * fn(logits, y_b) + b * fn(logits, y_mix)
-            return tf.where(plan["apply"], mixed, fn(logits, targets))
+            return ops.where(plan["apply"], mixed, fn(logits, targets))
         if form == "pair":
             return u * fn(logits, y_a) + (1.0 - u) * fn(logits, y_b)
         return fn(logits, y_mix)
@@ -251,9 +250,9 @@ class Method:
                 return base(logits, y)
             return base(logits, y[:, :-1], sample_weight=y[:, -1])
 
-        u = tf.broadcast_to(tf.cast(result.u, tf.float32), tf.shape(logits)[:1])
+        u = ops.broadcast_to(ops.cast(result.u, "float32"), ops.shape(logits)[:1])
         if self.spec.loss_form == "patchup":
             a, b = self.options["loss_params"]
-            return tf.reduce_mean(
+            return ops.mean(
                 a * u * fn(result.y_a) + (1.0 - u) * fn(result.y_b) + b * fn(result.y_mix))
-        return tf.reduce_mean(u * fn(result.y_a) + (1.0 - u) * fn(result.y_b))
+        return ops.mean(u * fn(result.y_a) + (1.0 - u) * fn(result.y_b))

@@ -1,8 +1,9 @@
 """Pure batch operations of PatchUp and the methods it is compared with.
 
-Every function works on NHWC tensors, runs inside `tf.function` (with or
-without XLA) and draws its randomness from TF stateless ops, so the same
-`seed` always gives the same result. The formulas are stated in
+Every function works on NHWC tensors of any Keras backend (written in
+`keras.ops`), runs traced and compiled (`tf.function`, XLA, `jax.jit`) and
+draws its randomness from the stateless ops of `patchup_tf.draws`, so the
+same `seed` always gives the same result. The formulas are stated in
 `docs/methods.md` (PatchUp, Faramarzi et al.,
 https://arxiv.org/abs/2006.07794, ported from the PyTorch original
 https://github.com/chandar-lab/PatchUp):
@@ -26,8 +27,12 @@ exactly what it always did.
 import collections
 import numbers
 
-import tensorflow as tf
+import keras
+import numpy as np
+from keras import ops
 
+from patchup_tf import draws
+from patchup_tf.draws import rank
 from patchup_tf.rules import (
     check_alpha,
     check_block,
@@ -36,6 +41,12 @@ from patchup_tf.rules import (
     check_prob,
     invalid,
 )
+
+as_seed = draws.as_seed
+split_seed = draws.split
+derive_seed = draws.fold_in
+uniform = draws.uniform
+
 
 class MixResult(
     collections.namedtuple("MixResult", ["features", "y_a", "y_b", "y_mix", "u", "holes"],
@@ -60,50 +71,79 @@ Fields:
     @classmethod
     def clean(cls, features, targets):
         """An unmixed batch: `y_a = y_b = y_mix = y`, `u = 1`."""
-        targets = tf.cast(targets, tf.float32)
-        return cls(features, targets, targets, targets, tf.constant(1.0, tf.float32))
+        targets = ops.cast(targets, "float32")
+        return cls(features, targets, targets, targets, ops.convert_to_tensor(1.0, "float32"))
 
 
-def as_seed(seed):
-    """Returns `seed` (a Python int or a shape-[2] integer tensor) as int32[2].
+def _wide_float():
+    """float64 where the backend has it (not JAX without `jax_enable_x64`)."""
+    if keras.backend.backend() == "jax":
+        import jax
 
-    Both entries are made non-negative (sign bit cleared): TF's stateless
-    kernels sign-extend an int32 seed while their XLA kernels zero-extend
-    it, so a negative entry would draw differently under `jit_compile`.
+        return "float64" if jax.config.read("jax_enable_x64") else "float32"
+    return "float64"
+
+
+def shares(count, size):
+    """`(q, u)` float32: `q = count / size`, `u = 1 - q`, for an integer
+    `count` (a tensor) of `size` (> 0) elements.
+
+    In float64, so that eager, graph and XLA agree exactly (graph mode may
+    turn a float32 division by a constant into a multiplication by its
+    reciprocal). Without float64 (JAX's default) `q` and `u` are the
+    correctly rounded quotients `count / size` and `(size - count) / size`
+    (`rounded_quotient`), which equal the float64 route's for sizes below
+    2**24.
     """
-    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
-        return tf.constant([int(seed) % (2**31), 0], tf.int32)
-    if seed is None or isinstance(seed, (bool, float, str)):
-        raise invalid("seed", "a Python int or a shape-[2] integer tensor", seed)
-    seed = tf.convert_to_tensor(seed)
-    if not seed.dtype.is_integer or seed.shape.rank != 1 or seed.shape[0] != 2:
-        raise invalid(
-            "seed", "a Python int or a shape-[2] integer tensor", seed
-        )
-    return _non_negative(tf.cast(seed, tf.int32))
+    if _wide_float() == "float64":
+        q64 = ops.cast(count, "float64") / ops.cast(size, "float64")
+        return ops.cast(q64, "float32"), ops.cast(1.0 - q64, "float32")
+    count = ops.cast(count, "int32")
+    size = ops.cast(size, "int32")
+    return rounded_quotient(count, size), rounded_quotient(size - count, size)
 
 
-def _non_negative(seed):
-    return tf.bitwise.bitwise_and(seed, tf.constant(0x7FFFFFFF, seed.dtype))
+_QUOTIENT_BITS = 24  # float32's significand
 
 
-def split_seed(seed, num):
-    """Returns `num` independent int32[2] seeds (non-negative) derived from `seed`."""
-    return tf.unstack(
-        _non_negative(
-            tf.random.experimental.stateless_split(as_seed(seed), num=num)
-        )
-    )
+def rounded_quotient(numerator, denominator):
+    """float32 `numerator / denominator` rounded to nearest (ties to even),
+    for int32 tensors `0 <= numerator <= denominator < 2**24`.
+
+    By long division in integers: XLA's float32 division on CPU can be an
+    ulp off the rounded quotient.
+    """
+    d = ops.broadcast_to(denominator, ops.shape(numerator))
+    scale = ops.ones(ops.shape(numerator), "float32")
+    n, scale, _ = ops.fori_loop(0, _QUOTIENT_BITS, _normalise, (numerator, scale, d))
+    m, rem, _ = ops.fori_loop(0, _QUOTIENT_BITS, _divide, (ops.zeros_like(n), n, d))
+    up = ops.logical_or(rem > d, ops.logical_and(rem == d, m % 2 == 1))
+    m = m + ops.cast(up, "int32")
+    return ops.cast(m, "float32") * scale * 2.0 ** (1 - _QUOTIENT_BITS)
+
+
+def _normalise(_, state):
+    """One doubling of `n` below `d` (`scale` halves): ends with n in [d, 2d)."""
+    n, scale, d = state
+    low = n < d
+    return ops.where(low, n * 2, n), ops.where(low, scale * 0.5, scale), d
+
+
+def _divide(_, state):
+    """One quotient bit into `m`; `rem` is twice the remainder."""
+    m, rem, d = state
+    bit = rem >= d
+    return m * 2 + ops.cast(bit, "int32"), (rem - ops.where(bit, d, 0)) * 2, d
 
 
 def check_features(features, name="features"):
-    features = tf.convert_to_tensor(features)
-    if features.shape.rank != 4:
+    features = ops.convert_to_tensor(features)
+    if rank(features) != 4:
         raise invalid(
             name, "a 4-D NHWC tensor (batch, height, width, channels)",
             f"<tensor of shape {features.shape}>",
         )
-    if not features.dtype.is_floating:
+    if not keras.backend.standardize_dtype(features.dtype).startswith(("float", "bfloat")):
         raise invalid(
             name, "a floating-point tensor", f"<tensor of dtype {features.dtype}>"
         )
@@ -111,8 +151,8 @@ def check_features(features, name="features"):
 
 
 def _check_targets(targets, features):
-    targets = tf.convert_to_tensor(targets)
-    if targets.shape.rank != 2:
+    targets = ops.convert_to_tensor(targets)
+    if rank(targets) != 2:
         raise invalid(
             "targets", "one-hot float targets of shape (batch, classes)",
             f"<tensor of shape {targets.shape}>",
@@ -124,7 +164,7 @@ def _check_targets(targets, features):
             f"as many rows as the features' batch size ({n_x})",
             f"<tensor of shape {targets.shape}>",
         )
-    return tf.cast(targets, tf.float32)
+    return ops.cast(targets, "float32")
 
 
 def _check_lam(lam):
@@ -133,25 +173,22 @@ def _check_lam(lam):
     if isinstance(lam, (numbers.Real, bool)):
         check_prob("lam", lam, allow_zero=True)
         return lam
-    rank = tf.convert_to_tensor(lam).shape.rank
-    if rank not in (0, 1):
+    if rank(lam) not in (0, 1):
         raise invalid("lam", "a scalar or a (N,) tensor (one value per image)",
-                      f"<tensor of rank {rank}>")
+                      f"<tensor of rank {rank(lam)}>")
     return lam
 
 
-def _per_image(value, rank):
+def _per_image(value, ndim):
     """`value` as is if it is a scalar, else `(N,)` reshaped to broadcast
-    against a rank-`rank` tensor `(N, ...)`."""
-    if value.shape.rank == 0:
+    against a rank-`ndim` tensor `(N, ...)`."""
+    if rank(value) == 0:
         return value
-    return tf.reshape(value, [-1] + [1] * (rank - 1))
+    return ops.reshape(value, (-1,) + (1,) * (ndim - 1))
 
 
-def derive_seed(seed, index):
-    """A non-negative int32[2] seed `fold_in(seed, index)`, independent of
-    `split_seed(seed, n)`'s."""
-    return _non_negative(tf.random.experimental.stateless_fold_in(as_seed(seed), index))
+def _gather(x, perm):
+    return ops.take(x, perm, axis=0)
 
 
 def beta(alpha, seed, shape=()):
@@ -163,36 +200,21 @@ def beta(alpha, seed, shape=()):
     alpha = check_alpha(alpha)
     shape = tuple(shape)
     if alpha <= 0:
-        return tf.ones(shape, tf.float32)
+        return ops.ones(shape, "float32")
     s1, s2 = split_seed(seed, 2)
-    g1 = tf.random.stateless_gamma(shape, s1, alpha=float(alpha), dtype=tf.float32)
-    g2 = tf.random.stateless_gamma(shape, s2, alpha=float(alpha), dtype=tf.float32)
+    g1 = draws.gamma(shape, s1, alpha)
+    g2 = draws.gamma(shape, s2, alpha)
     # g1 + g2 > 0 almost surely; the guard keeps tiny alphas finite.
-    return tf.math.divide_no_nan(g1, g1 + g2)
-
-
-def uniform(shape, seed):
-    """Stateless float32 draws in [0, 1), the same with and without XLA.
-
-    `tf.random.stateless_uniform` for floats converts its random bits
-    differently in the XLA kernel than in the TF kernel, so a compiled step
-    would draw other masks than an eager one from the same seed; the uint32
-    bits agree, so the floats are formed from their top 24 bits here.
-    """
-    bits = tf.random.stateless_uniform(
-        shape, as_seed(seed), minval=None, maxval=None, dtype=tf.uint32
-    )
-    return tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (2.0**-24)
+    return ops.divide_no_nan(g1, g1 + g2)
 
 
 def permutation(n, seed):
     """A uniformly random permutation of `0..n-1` (int32), from `seed`."""
-    keys = uniform([n], seed)
-    return tf.argsort(keys, stable=True)
+    return draws.argsort(uniform([n], seed))
 
 
 def _mix_targets(targets, perm, lam):
-    y_b = tf.gather(targets, perm)
+    y_b = _gather(targets, perm)
     lam = _per_image(lam, 2)
     return targets, y_b, lam * targets + (1.0 - lam) * y_b
 
@@ -205,9 +227,9 @@ def mixup(features, targets, *, lam, perm):
     """
     features = check_features(features)
     targets = _check_targets(targets, features)
-    lam = tf.cast(_check_lam(lam), tf.float32)
-    lam_x = _per_image(tf.cast(lam, features.dtype), 4)
-    mixed = lam_x * features + (1 - lam_x) * tf.gather(features, perm)
+    lam = ops.cast(_check_lam(lam), "float32")
+    lam_x = _per_image(ops.cast(lam, features.dtype), 4)
+    mixed = lam_x * features + (1 - lam_x) * _gather(features, perm)
     y_a, y_b, y_mix = _mix_targets(targets, perm, lam)
     return MixResult(mixed, y_a, y_b, y_mix, lam)
 
@@ -220,28 +242,36 @@ def cutmix_box(height, width, lam, seed):
     `(N,)` coordinates: one box per image, each with its own centre.
     """
     # float64, as the reference's NumPy: in float32 `side * ratio` can fall
-    # just below an integer that float64 reaches, and the cut loses a pixel.
-    ratio = tf.sqrt(1.0 - tf.cast(tf.cast(lam, tf.float32), tf.float64))
-    cut_h = tf.cast(tf.floor(tf.cast(height, tf.float64) * ratio), tf.int32)
-    cut_w = tf.cast(tf.floor(tf.cast(width, tf.float64) * ratio), tf.int32)
+    # just below an integer that float64 reaches, and the cut loses a pixel
+    # (on JAX without float64, about once in a million draws).
+    wide = _wide_float()
+    ratio = ops.sqrt(1.0 - ops.cast(ops.cast(lam, "float32"), wide))
+    cut_h = ops.cast(ops.floor(ops.cast(height, wide) * ratio), "int32")
+    cut_w = ops.cast(ops.floor(ops.cast(width, wide) * ratio), "int32")
     s_y, s_x = split_seed(seed, 2)
-    shape = [] if ratio.shape.rank == 0 else tf.shape(ratio)
-    cy = tf.random.stateless_uniform(shape, s_y, 0, height, dtype=tf.int32)
-    cx = tf.random.stateless_uniform(shape, s_x, 0, width, dtype=tf.int32)
-    y1 = tf.clip_by_value(cy - cut_h // 2, 0, height)
-    y2 = tf.clip_by_value(cy + cut_h // 2, 0, height)
-    x1 = tf.clip_by_value(cx - cut_w // 2, 0, width)
-    x2 = tf.clip_by_value(cx + cut_w // 2, 0, width)
+    shape = () if rank(ratio) == 0 else ops.shape(ratio)
+    cy = draws.randint(shape, s_y, 0, height)
+    cx = draws.randint(shape, s_x, 0, width)
+    y1 = ops.clip(cy - cut_h // 2, 0, height)
+    y2 = ops.clip(cy + cut_h // 2, 0, height)
+    x1 = ops.clip(cx - cut_w // 2, 0, width)
+    x2 = ops.clip(cx + cut_w // 2, 0, width)
     return y1, y2, x1, x2
 
 
 def _box_mask(height, width, y1, y2, x1, x2):
     """Boolean mask, shape `(..., H, W)`, true inside rows [y1, y2), cols [x1, x2)."""
-    rows = tf.range(height)
-    cols = tf.range(width)
-    in_rows = (rows >= y1[..., None]) & (rows < y2[..., None])
-    in_cols = (cols >= x1[..., None]) & (cols < x2[..., None])
-    return in_rows[..., :, None] & in_cols[..., None, :]
+    rows = ops.arange(height, dtype="int32")
+    cols = ops.arange(width, dtype="int32")
+    in_rows = ops.logical_and(rows >= y1[..., None], rows < y2[..., None])
+    in_cols = ops.logical_and(cols >= x1[..., None], cols < x2[..., None])
+    return ops.logical_and(in_rows[..., :, None], in_cols[..., None, :])
+
+
+def _spatial(images):
+    """`(height, width)`: Python ints where static, else scalar tensors."""
+    shape = ops.shape(images)
+    return shape[1], shape[2]
 
 
 def cutmix(images, targets, *, lam, perm, seed):
@@ -254,8 +284,7 @@ def cutmix(images, targets, *, lam, perm, seed):
     images = check_features(images, "images")
     targets = _check_targets(targets, images)
     _check_lam(lam)
-    shape = tf.shape(images)
-    box = cutmix_box(shape[1], shape[2], lam, seed)
+    box = cutmix_box(*_spatial(images), lam, seed)
     return paste_box(images, targets, perm=perm, box=box)
 
 
@@ -268,16 +297,12 @@ def paste_box(images, targets, *, perm, box):
     """
     images = check_features(images, "images")
     targets = _check_targets(targets, images)
-    shape = tf.shape(images)
-    height, width = shape[1], shape[2]
-    y1, y2, x1, x2 = (tf.convert_to_tensor(c, tf.int32) for c in box)
+    height, width = _spatial(images)
+    y1, y2, x1, x2 = (ops.cast(c, "int32") for c in box)
     mask = _box_mask(height, width, y1, y2, x1, x2)
-    mask = mask[None, :, :, None] if mask.shape.rank == 2 else mask[..., None]
-    mixed = tf.where(mask, tf.gather(images, perm), images)
-    # In float64: graph mode may turn a float32 division by the (constant)
-    # H W into a multiplication by its reciprocal, one ulp off the eager value.
-    area = tf.cast((y2 - y1) * (x2 - x1), tf.float64)
-    u = tf.cast(1.0 - area / tf.cast(height * width, tf.float64), tf.float32)
+    mask = mask[None, :, :, None] if rank(mask) == 2 else mask[..., None]
+    mixed = ops.where(mask, _gather(images, perm), images)
+    _, u = shares((y2 - y1) * (x2 - x1), height * width)
     y_a, y_b, y_mix = _mix_targets(targets, perm, u)
     return MixResult(mixed, y_a, y_b, y_mix, u)
 
@@ -285,15 +310,15 @@ def paste_box(images, targets, *, perm, box):
 def mixup_cutmix(images, targets, *, lam, perm, use_cutmix, seed):
     """CutMix where `use_cutmix`, else Mixup, with the same `lam` and `perm`.
 
-    `use_cutmix` a scalar bool: one op for the batch (`tf.cond`); `(N,)`:
-    image `i` is `cutmix(...)[i]` if `use_cutmix[i]`, else `mixup(...)[i]`
-    (both ops run; `lam`, then, is usually `(N,)` too). `y_a = y`,
-    `y_b = y[perm]`; `u` and `y_mix` are those of the op taken.
+    `use_cutmix` a scalar bool: one op for the batch (`keras.ops.cond`);
+    `(N,)`: image `i` is `cutmix(...)[i]` if `use_cutmix[i]`, else
+    `mixup(...)[i]` (both ops run; `lam`, then, is usually `(N,)` too).
+    `y_a = y`, `y_b = y[perm]`; `u` and `y_mix` are those of the op taken.
     """
     images = check_features(images, "images")
     targets = _check_targets(targets, images)
-    use = tf.convert_to_tensor(use_cutmix)
-    if use.dtype != tf.bool or use.shape.rank not in (0, 1):
+    use = ops.convert_to_tensor(use_cutmix)
+    if keras.backend.standardize_dtype(use.dtype) != "bool" or rank(use) not in (0, 1):
         raise invalid("use_cutmix", "a bool scalar or a (N,) bool tensor",
                       f"<tensor of dtype {use.dtype} and shape {use.shape}>")
 
@@ -303,14 +328,14 @@ def mixup_cutmix(images, targets, *, lam, perm, use_cutmix, seed):
     def by_mixup():
         return mixup(images, targets, lam=lam, perm=perm)
 
-    if use.shape.rank == 0:
-        return tf.cond(use, by_cutmix, by_mixup)
+    if rank(use) == 0:
+        return ops.cond(use, by_cutmix, by_mixup)
     cut, mix = by_cutmix(), by_mixup()
-    u_cut = tf.broadcast_to(cut.u, tf.shape(use))
-    u_mix = tf.broadcast_to(mix.u, tf.shape(use))
+    u_cut = ops.broadcast_to(cut.u, ops.shape(use))
+    u_mix = ops.broadcast_to(mix.u, ops.shape(use))
     return MixResult(
-        tf.where(_per_image(use, 4), cut.features, mix.features), cut.y_a, cut.y_b,
-        tf.where(_per_image(use, 2), cut.y_mix, mix.y_mix), tf.where(use, u_cut, u_mix),
+        ops.where(_per_image(use, 4), cut.features, mix.features), cut.y_a, cut.y_b,
+        ops.where(_per_image(use, 2), cut.y_mix, mix.y_mix), ops.where(use, u_cut, u_mix),
     )
 
 
@@ -322,28 +347,28 @@ def cutout_mask(batch_size, height, width, size, seed):
     dropped, clipped at the borders (the reference's integer rounding).
     """
     s_y, s_x = split_seed(seed, 2)
-    cy = tf.random.stateless_uniform([batch_size], s_y, 0, height, dtype=tf.int32)
-    cx = tf.random.stateless_uniform([batch_size], s_x, 0, width, dtype=tf.int32)
+    cy = draws.randint([batch_size], s_y, 0, height)
+    cx = draws.randint([batch_size], s_x, 0, width)
     half = size / 2.0
 
     def bounds(centre, limit):
-        centre = tf.cast(centre, tf.float32)
-        lo = tf.cast(tf.floor(centre - half), tf.int32)
-        hi = tf.cast(tf.floor(centre + half), tf.int32)
-        return tf.clip_by_value(lo, 0, limit), tf.clip_by_value(hi, 0, limit)
+        centre = ops.cast(centre, "float32")
+        lo = ops.cast(ops.floor(centre - half), "int32")
+        hi = ops.cast(ops.floor(centre + half), "int32")
+        return ops.clip(lo, 0, limit), ops.clip(hi, 0, limit)
 
     y1, y2 = bounds(cy, height)
     x1, x2 = bounds(cx, width)
-    return tf.logical_not(_box_mask(height, width, y1, y2, x1, x2))
+    return ops.logical_not(_box_mask(height, width, y1, y2, x1, x2))
 
 
 def cutout(images, *, size, seed):
     """Cutout: multiplies one `size`-square hole per image by 0 (own position each)."""
     images = check_features(images, "images")
     size = check_hole_size("size", size)
-    shape = tf.shape(images)
+    shape = ops.shape(images)
     keep = cutout_mask(shape[0], shape[1], shape[2], size, seed)
-    return images * tf.cast(keep, images.dtype)[..., None]
+    return images * ops.cast(keep, images.dtype)[..., None]
 
 
 def adjusted_gamma(gamma, block_size, height, width):
@@ -362,8 +387,8 @@ def block_holes(shape, rate, block_size, seed):
     `shape` is `(N, H, W, C)`; each seed becomes the square centred on it
     (`max_pool(size b, stride 1, same padding)`).
     """
-    seeds = tf.cast(uniform(shape, seed) < rate, tf.float32)
-    return tf.nn.max_pool2d(seeds, block_size, 1, "SAME")
+    seeds = ops.cast(uniform(shape, seed) < np.float32(rate), "float32")
+    return ops.max_pool(seeds, block_size, strides=1, padding="same")
 
 
 def static_hw(features):
@@ -392,15 +417,13 @@ def dropblock(features, *, keep_prob, block_size, seed, per_sample=False):
     if keep_prob == 1.0:
         return features
     rate = adjusted_gamma(1.0 - keep_prob, block_size, height, width)
-    mask = 1.0 - block_holes(tf.shape(features), rate, block_size, seed)
+    mask = 1.0 - block_holes(ops.shape(features), rate, block_size, seed)
     if per_sample:
         size = float(height * width * features.shape[3])
-        scale = size / tf.maximum(tf.reduce_sum(mask, axis=[1, 2, 3], keepdims=True), 1.0)
-        return features * tf.cast(mask * scale, features.dtype)
-    scale = tf.cast(tf.size(mask), tf.float32) / tf.maximum(
-        tf.reduce_sum(mask), 1.0
-    )
-    return features * tf.cast(mask * scale, features.dtype)
+        scale = size / ops.maximum(ops.sum(mask, axis=(1, 2, 3), keepdims=True), 1.0)
+        return features * ops.cast(mask * scale, features.dtype)
+    scale = ops.cast(ops.size(mask), "float32") / ops.maximum(ops.sum(mask), 1.0)
+    return features * ops.cast(mask * scale, features.dtype)
 
 
 def patchup_holes(height, width, channels, gamma, block_size, seed, batch_size=None):
@@ -429,7 +452,7 @@ def patchup(features, targets, *, mode, gamma, block_size, lam, perm, seed, per_
     height, width = static_hw(features)
     block_size = check_block(block_size, height, width)
     channels = features.shape[3]
-    batch_size = tf.shape(features)[0] if per_sample else None
+    batch_size = ops.shape(features)[0] if per_sample else None
     holes = patchup_holes(height, width, channels, gamma, block_size, seed, batch_size)
     return mix_holes(features, targets, mode=mode, holes=holes, lam=lam, perm=perm)
 
@@ -449,26 +472,20 @@ def mix_holes(features, targets, *, mode, holes, lam, perm):
     _check_lam(lam)
     height, width = static_hw(features)
     channels = features.shape[3]
-    holes = tf.convert_to_tensor(holes, tf.float32)
-    # In float64, as CutMix's `u`, so that eager, graph and XLA agree exactly.
-    size = float(height * width * channels)
-    if holes.shape.rank == 4:
-        q64 = tf.reduce_sum(tf.cast(holes, tf.float64), axis=[1, 2, 3]) / size
-    else:
-        q64 = tf.reduce_sum(tf.cast(holes, tf.float64)) / size
-    q = tf.cast(q64, tf.float32)
-    u = tf.cast(1.0 - q64, tf.float32)
-    partner = tf.gather(features, perm)
-    y_shuffled = tf.gather(targets, perm)
+    holes = ops.cast(ops.convert_to_tensor(holes), "float32")
+    axis = (1, 2, 3) if rank(holes) == 4 else None
+    q, u = shares(ops.sum(holes, axis=axis), height * width * channels)
+    partner = _gather(features, perm)
+    y_shuffled = _gather(targets, perm)
     if mode == "hard":
         patch = partner
         y_b = y_shuffled
     else:
-        lam = tf.cast(lam, tf.float32)
-        lam_x = _per_image(tf.cast(lam, features.dtype), 4)
+        lam = ops.cast(lam, "float32")
+        lam_x = _per_image(ops.cast(lam, features.dtype), 4)
         patch = lam_x * features + (1 - lam_x) * partner
         lam_y = _per_image(lam, 2)
         y_b = lam_y * targets + (1.0 - lam_y) * y_shuffled
-    mixed = tf.where(tf.cast(holes, tf.bool), patch, features)
+    mixed = ops.where(ops.cast(holes, "bool"), patch, features)
     y_mix = _per_image(u, 2) * targets + _per_image(q, 2) * y_b
     return MixResult(mixed, targets, y_b, y_mix, u, holes)

@@ -3,8 +3,8 @@
 A `MixingPoint(position)` stands between two stages of a functional model.
 At inference, and whenever no training step is running, it is the identity,
 so `predict`, `evaluate` and exported models see a plain CNN. During a
-`MixingModel.train_step` the step opens a `MixingContext` holding the batch's
-plan (drawn once); every mixing point hands its features to that context,
+`MixingModel` training step the step opens a `MixingContext` holding the
+batch's plan (drawn once); every mixing point hands its features to that context,
 which mixes them if the plan makes this position active and records the
 mixed targets for the loss.
 """
@@ -13,7 +13,7 @@ import contextlib
 import threading
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from patchup_tf.rules import check_position
 
@@ -25,12 +25,15 @@ class MixingContext:
 
     `mix(position, x)` applies the method where the plan says and keeps the
     resulting `MixResult` (`features, y_a, y_b, y_mix, u`) in `self.result`.
+    `weighted`: the targets' last column is each sample's weight.
     """
 
-    def __init__(self, method, plan, targets):
+    def __init__(self, method, plan, targets, weighted=False):
         self.method = method
         self.plan = plan
+        self.weighted = weighted
         self.result = method.clean(None, targets)
+        self.targets = self.result.y_a
         self.used_positions = set()
 
     def mix(self, position, features):
@@ -38,7 +41,7 @@ class MixingContext:
         if not self.method.acts_at(position):
             return features
         before = self.result._replace(features=features)
-        self.result = tf.cond(
+        self.result = ops.cond(
             self.plan["active"][position],
             # The mask is not carried on: positions differ in shape.
             lambda: self.method.mix(position, before, self.plan)._replace(holes=None),

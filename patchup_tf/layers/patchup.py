@@ -1,7 +1,7 @@
 """A self-contained PatchUp layer for custom training loops."""
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from patchup_tf import mixing
 from patchup_tf.rules import (
@@ -58,30 +58,29 @@ class PatchUp(keras.layers.Layer):
         self.seed = check_seed(seed)
         self.seed_generator = keras.random.SeedGenerator(self.seed)
 
-    def _target_shape(self, shape):
-        """The float32 targets' shape for targets of shape `shape`."""
-        if len(shape) == 1:
+    def _num_classes(self, targets_shape):
+        """K, the width of the targets the layer returns."""
+        if len(targets_shape) == 1:
             if self.num_classes is None:
                 raise invalid("num_classes", "an int: integer labels (N,) need the number of "
                               "classes (or pass one-hot targets (N, K))", None)
-            return (shape[0], self.num_classes)
-        return tuple(shape)
+            return self.num_classes
+        return targets_shape[-1]
 
     def _targets(self, targets):
-        targets = tf.convert_to_tensor(targets)
-        if targets.shape.rank == 1:
-            _, num_classes = self._target_shape(targets.shape)
-            return tf.one_hot(tf.cast(targets, tf.int32), num_classes)
-        return tf.cast(targets, tf.float32)
+        """float32 targets `(N, K)` (integer labels one-hot encoded)."""
+        targets = ops.convert_to_tensor(targets)
+        k = self._num_classes(targets.shape)
+        if len(targets.shape) == 1:
+            return ops.one_hot(ops.cast(targets, "int32"), k, dtype="float32")
+        return ops.cast(targets, "float32")
 
     def call(self, inputs, training=False):
         features, targets = inputs
         targets = self._targets(targets)
         if not training:
-            return features, targets, targets, targets, tf.constant(1.0)
-        s_lam, s_perm, s_mask = mixing.split_seed(
-            tf.cast(self.seed_generator.next(), tf.int32), 3
-        )
+            return features, targets, targets, targets, ops.convert_to_tensor(1.0, "float32")
+        s_lam, s_perm, s_mask = mixing.split_seed(self.seed_generator.next(), 3)
         # the smaller side, as `Method.mix`: a non-square map gets a block it can hold
         features = mixing.check_features(features)
         height, width = mixing.static_hw(features)
@@ -89,23 +88,24 @@ class PatchUp(keras.layers.Layer):
         result = mixing.patchup(
             features, targets, mode=self.mode, gamma=self.gamma, block_size=block,
             lam=mixing.beta(self.alpha, s_lam),
-            perm=mixing.permutation(tf.shape(features)[0], s_perm), seed=s_mask,
+            perm=mixing.permutation(ops.shape(features)[0], s_perm), seed=s_mask,
         )
         return result[:5]
 
     def compute_output_shape(self, input_shape):
         f, t = input_shape
-        t = self._target_shape(t)
+        t = (t[0], self._num_classes(t))
         return tuple(f), t, t, t, ()
 
     def compute_output_spec(self, inputs, training=False):
-        # The targets and `u` are float32 under every policy; the features
-        # keep their (compute) dtype.
+        """The features keep their dtype; targets and `u` are float32."""
         features, targets = inputs
         f, t, _, _, u = self.compute_output_shape((features.shape, targets.shape))
-        targets = keras.KerasTensor(t, dtype="float32")
-        return (keras.KerasTensor(f, dtype=features.dtype), targets, targets, targets,
-                keras.KerasTensor(u, dtype="float32"))
+        return (
+            keras.KerasTensor(f, dtype=features.dtype),
+            *(keras.KerasTensor(t, dtype="float32") for _ in range(3)),
+            keras.KerasTensor(u, dtype="float32"),
+        )
 
     def get_config(self):
         return {

@@ -1,4 +1,5 @@
-"""A BatchNormalization that runs TensorFlow's fused kernel.
+"""A BatchNormalization that runs TensorFlow's fused kernel (the same
+computation in `keras.ops` elsewhere).
 
 Keras 3's `BatchNormalization` computes the moments and the normalisation
 with separate element-wise ops (and, under mixed precision, first casts the
@@ -21,23 +22,27 @@ Differences from `keras.layers.BatchNormalization` (the exact mode,
 * round-off: the kernel's reduction order differs (about 1e-6 relative in
   float32).
 
-Anything the kernel does not cover (a mask, renorm, `synchronized`, not 4-D,
-a channel axis other than the last, another backend, inputs other than
-float32, bfloat16 and float16 (e.g. float64), float16 without a GPU:
-TensorFlow's CPU kernels have no float16 BN+ReLU fusion) falls back to
-Keras' own computation.
+On JAX and PyTorch, and on TensorFlow for what the kernel does not take
+(float64; float16 without a GPU: TensorFlow's CPU kernels have no float16
+BN+ReLU fusion), the layer computes the same thing in `keras.ops`: the
+moments in the variables' dtype (float32 under mixed precision, float64 for
+`dtype="float64"`), the moving variance updated with the unbiased batch
+variance. A mask, renorm, `synchronized`, an input that is not 4-D or a
+channel axis other than the last fall back to Keras' own computation.
 """
 
 import keras
-import tensorflow as tf
+from keras import ops
 
-_FUSED_DTYPES = (tf.float32, tf.bfloat16, tf.float16)
+_FUSED_DTYPES = ("float32", "bfloat16", "float16")
 _HAS_GPU = None
 
 
 def _has_gpu():
     global _HAS_GPU
     if _HAS_GPU is None:
+        import tensorflow as tf  # only ever under the TensorFlow backend
+
         _HAS_GPU = bool(tf.config.list_physical_devices("GPU"))
     return _HAS_GPU
 
@@ -50,46 +55,86 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
     docstring for the (small) numerical differences.
     """
 
-    def _fusable(self, inputs, mask):
-        axis = self.axis % len(inputs.shape) if inputs.shape.rank else self.axis
+    def _plain(self, inputs, mask):
+        """A 4-D channels-last call without mask, renorm or synchronisation."""
+        ndim = len(inputs.shape)
         return (
             mask is None
             and not self.renorm
             and not self.synchronized
-            and inputs.shape.rank == 4
-            and axis == 3
-            and keras.backend.backend() == "tensorflow"
-            and inputs.dtype in _FUSED_DTYPES
-            and (inputs.dtype != tf.float16 or _has_gpu())
+            and ndim == 4
+            and self.axis % ndim == 3
+        )
+
+    def _fusable(self, inputs):
+        dtype = keras.backend.standardize_dtype(inputs.dtype)
+        return (
+            keras.backend.backend() == "tensorflow"
+            and dtype in _FUSED_DTYPES
+            and (dtype != "float16" or _has_gpu())
         )
 
     def call(self, inputs, training=None, mask=None):
-        inputs = tf.convert_to_tensor(inputs)
-        if not self._fusable(inputs, mask):
+        inputs = ops.convert_to_tensor(inputs)
+        if not self._plain(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
-        x = inputs
-        channels = x.shape[-1]
-        gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels], tf.float32)
-        beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels], tf.float32)
-        if training and self.trainable:
+        update = bool(training and self.trainable)
+        if self._fusable(inputs):
+            y, moments = self._fused(inputs, update)
+        else:
+            y, moments = self._by_ops(inputs, update)
+        if moments is not None:
+            # `variance` is the unbiased batch variance (see the module docstring).
+            mean, variance = moments
+            # The factors in the variables' dtype (a Python float may be taken as float32).
+            dtype = self.moving_mean.dtype
+            keep = ops.convert_to_tensor(self.momentum, dtype)
+            take = ops.convert_to_tensor(1.0 - self.momentum, dtype)
+            self.moving_mean.assign(self.moving_mean * keep + ops.cast(mean, dtype) * take)
+            self.moving_variance.assign(
+                self.moving_variance * keep + ops.cast(variance, dtype) * take
+            )
+        return ops.cast(y, self.compute_dtype)
+
+    def _scale_offset(self, channels, dtype):
+        gamma = ops.cast(self.gamma, dtype) if self.scale else ops.ones([channels], dtype)
+        beta = ops.cast(self.beta, dtype) if self.center else ops.zeros([channels], dtype)
+        return gamma, beta
+
+    def _fused(self, x, update):
+        """TensorFlow's kernel: `(y, (mean, unbiased variance) or None)`."""
+        import tensorflow as tf  # only ever under the TensorFlow backend
+
+        gamma, beta = self._scale_offset(x.shape[-1], "float32")
+        if update:
             y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
                 x=x, scale=gamma, offset=beta,
                 mean=tf.zeros([0], tf.float32), variance=tf.zeros([0], tf.float32),
                 epsilon=self.epsilon, exponential_avg_factor=1.0,
                 data_format="NHWC", is_training=True,
             )
-            # `variance` is the kernel's unbiased batch variance (see above).
-            momentum = self.momentum
-            self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
-            self.moving_variance.assign(
-                self.moving_variance * momentum + variance * (1.0 - momentum)
-            )
+            return y, (mean, variance)
+        y, _, _, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+            x=x, scale=gamma, offset=beta,
+            mean=tf.cast(self.moving_mean, tf.float32),
+            variance=tf.cast(self.moving_variance, tf.float32),
+            epsilon=self.epsilon, exponential_avg_factor=1.0,
+            data_format="NHWC", is_training=False,
+        )
+        return y, None
+
+    def _by_ops(self, inputs, update):
+        """The kernel's computation in `keras.ops`, in the variables' dtype."""
+        dtype = self.moving_mean.dtype
+        x = ops.cast(inputs, dtype)
+        gamma, beta = self._scale_offset(x.shape[-1], dtype)
+        moments = None
+        if update:
+            mean, variance = ops.moments(x, axes=(0, 1, 2))
+            shape = ops.shape(x)
+            n = ops.cast(shape[0] * shape[1] * shape[2], dtype)
+            moments = (mean, variance * n / ops.maximum(n - 1.0, 1.0))
         else:
-            y, _, _, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-                x=x, scale=gamma, offset=beta,
-                mean=tf.cast(self.moving_mean, tf.float32),
-                variance=tf.cast(self.moving_variance, tf.float32),
-                epsilon=self.epsilon, exponential_avg_factor=1.0,
-                data_format="NHWC", is_training=False,
-            )
-        return tf.cast(y, self.compute_dtype)
+            mean, variance = self.moving_mean, self.moving_variance
+        y = (x - mean) * ops.rsqrt(variance + self.epsilon) * gamma + beta
+        return y, moments
