@@ -1,4 +1,5 @@
-"""The `fabricated` data sets of the command-line tests (see tests/helpers/trainer.py)."""
+"""The `fabricated` data sets of the command-line tests (see tests/helpers/trainer.py)
+and the session's one trained experiment (`trained_experiment`)."""
 
 import os
 import types
@@ -6,7 +7,20 @@ import types
 import pytest
 
 from tests.helpers.datasets import random_set
-from tests.helpers.trainer import NUM_CLASSES, TEST_SIZE, TRAIN_PER_CLASS, WRITERS
+from tests.helpers.trainer import (
+    NUM_CLASSES,
+    TEST_SIZE,
+    TRAIN_PER_CLASS,
+    WRITERS,
+    describe,
+    only_experiment,
+    original_run_args,
+    train_in_process,
+)
+
+# The session's trained experiment: the PyTorch original's Manifold Mixup
+# command with the README's CIFAR-100 flags (README label, data set).
+TRAINED_RUN = ("preact_manifold_mixup", "cifar100")
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +40,25 @@ def fabricated(tmp_path_factory):
         WRITERS[name](dirs[name], x, y, xt, yt)
     return types.SimpleNamespace(dirs=dirs, write=WRITERS, random_set=random_set,
                                  num_classes=NUM_CLASSES)
+
+
+@pytest.fixture(scope="session")
+def trained_experiment(fabricated, tmp_path_factory):
+    """One finished experiment folder, trained once per session for every
+    test that only reads one (the original command's checks in
+    `test_train_cli.py`, evaluate and visualize in `test_evaluate_scripts.py`).
+
+    `TRAINED_RUN`'s command with the tests' overrides (`original_run_args`:
+    1 epoch, a few images per class, wrn28_2), run by the trainer's `main`
+    in this process. A namespace: `label`, `dataset`, `argv`, `root`,
+    `folder` (the experiment folder), `data_dir`, `proc` (the exit code and
+    output). Tests must not change the folder (copy it first).
+    """
+    label, dataset = TRAINED_RUN
+    root = str(tmp_path_factory.mktemp("trained_experiment") / "experiments")
+    argv = original_run_args(label, fabricated.dirs[dataset], root, dataset=dataset)
+    proc = train_in_process(argv)
+    assert proc.returncode == 0, describe(proc)
+    return types.SimpleNamespace(label=label, dataset=dataset, argv=argv, root=root,
+                                 folder=only_experiment(root), data_dir=fabricated.dirs[dataset],
+                                 proc=proc)

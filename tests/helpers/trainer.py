@@ -1,4 +1,4 @@
-"""Helpers for running `scripts/train.py` as a subprocess and reading its folders.
+"""Helpers for running `scripts/train.py` (as a subprocess or in-process) and reading its folders.
 
 The data sets are tiny fabricated copies of CIFAR-10, CIFAR-100 and SVHN in
 torchvision's on-disk formats (written by `tests/helpers/datasets.py`)), so the PyTorch original's command lines run offline in seconds per
@@ -129,6 +129,15 @@ def run_train(args, timeout=600):
                           env=train_env(), cwd=REPO)
     proc.seconds = time.monotonic() - start
     return proc
+
+
+def train_in_process(args):
+    """`run_train` without the subprocess: `patchup_tf.cli.train.main(args)`
+    in this process (no TensorFlow start-up); the same result fields."""
+    from patchup_tf.cli.train import main
+    from tests.helpers.programs import run_main
+
+    return run_main(main, args)
 
 
 def start_train(args, log_path):
