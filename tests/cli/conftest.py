@@ -1,5 +1,6 @@
-"""The `fabricated` data sets of the command-line tests (see tests/helpers/trainer.py)
-and the session's one trained experiment (`trained_experiment`)."""
+"""The `fabricated` data sets of the command-line tests (see tests/helpers/trainer.py),
+the session's one trained experiment (`trained_experiment`) and the tiny
+network for in-process runs whose subject is not the network (`tiny_network`)."""
 
 import os
 import types
@@ -7,6 +8,7 @@ import types
 import pytest
 
 from tests.helpers.datasets import random_set
+from tests.helpers.tiny import tiny_build
 from tests.helpers.trainer import (
     NUM_CLASSES,
     TEST_SIZE,
@@ -62,3 +64,16 @@ def trained_experiment(fabricated, tmp_path_factory):
     return types.SimpleNamespace(label=label, dataset=dataset, argv=argv, root=root,
                                  folder=only_experiment(root), data_dir=fabricated.dirs[dataset],
                                  proc=proc)
+
+
+@pytest.fixture
+def tiny_network(monkeypatch):
+    """In-process runs of the trainer build tests/helpers/tiny.py's network
+    whatever `--arch` says (`tiny_build`): for tests of what the trainer does
+    around the network (NaN handling, data sets), where building and
+    tracing wrn28_2 would cost most of the time. The paper's networks run
+    end to end in `trained_experiment`, `test_train_cli.py` and
+    `test_resume.py`."""
+    import patchup_tf.models
+
+    monkeypatch.setattr(patchup_tf.models, "build", tiny_build)

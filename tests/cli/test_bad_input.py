@@ -17,7 +17,6 @@ import pytest
 import scipy.io
 
 from tests.helpers.datasets import chw_rows, dump
-from tests.helpers.tiny import tiny_build
 from tests.helpers.trainer import (
     check_files_load,
     describe,
@@ -205,15 +204,7 @@ def test_bad_data_in_a_process_exits_2_with_one_line(fabricated, tmp_path):
 
 # ------------------------------------------------------------ NaN
 # What the trainer does when the loss diverges does not depend on the
-# network: these runs build tests/helpers/tiny.py's (`tiny_build`) for
-# `--arch`, so a run costs a second instead of wrn28_2's tracing.
-@pytest.fixture
-def tiny_network(monkeypatch):
-    import patchup_tf.models
-
-    monkeypatch.setattr(patchup_tf.models, "build", tiny_build)
-
-
+# network: these runs build the tiny one (`tiny_network`, tests/cli/conftest.py).
 def test_nan_loss_stops_with_exit_3_and_keeps_the_last_good_checkpoint(fabricated, tmp_path,
                                                                        tiny_network):
     """Epoch 1 trains at lr 0.1; from epoch 2 the schedule multiplies it by
