@@ -12,6 +12,7 @@ from tests.helpers.tiny import tiny_build
 from tests.helpers.trainer import (
     NUM_CLASSES,
     TEST_SIZE,
+    TRAINED_RUN,
     TRAIN_PER_CLASS,
     WRITERS,
     describe,
@@ -19,10 +20,6 @@ from tests.helpers.trainer import (
     original_run_args,
     train_in_process,
 )
-
-# The session's trained experiment: the PyTorch original's Manifold Mixup
-# command with the README's CIFAR-100 flags (README label, data set).
-TRAINED_RUN = ("preact_manifold_mixup", "cifar100")
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,8 @@ the message are the same as a process's, without TensorFlow's start-up per
 case. One data case also runs as a real `scripts/train.py` process (the
 exit code and the one line a shell sees once TensorFlow has loaded); the
 flag errors' process test, with TensorFlow blocked, is in
-`test_entry_points.py`. The NaN runs train in-process too.
+`test_entry_points.py`. The NaN runs (exit 3) train in-process too, on the
+tiny network.
 """
 
 import os

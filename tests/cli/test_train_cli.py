@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from patchup_tf.experiment.logs import LOG_FIELDS
-from tests.cli.conftest import TRAINED_RUN
 from tests.helpers.trainer import (
+    TRAINED_RUN,
     describe,
     keras_weights,
     only_experiment,

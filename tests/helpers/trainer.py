@@ -79,6 +79,11 @@ ORIGINAL_COMMANDS = dict([
      'python main.py --dataset cifar10 --data_dir ./data/cifar10/ --fsgm_attack True --root_dir ./experiments/patchup/soft/ --labels_per_class 5000 --valid_labels_per_class 500 --arch <X> --learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 2000 --schedule 500 1000 1500 --step_factors 0.1 0.1 0.1 --train patchup --alpha 2.0 --patchup_type soft --patchup_block 7 --patchup_prob 1.0 --gamma 0.25 --job_id <JobID>'),  # noqa: E501
 ])
 
+# The command of the session's trained experiment (`trained_experiment` in
+# tests/cli/conftest.py): the original Manifold Mixup command with the README's
+# CIFAR-100 flags, as (README label, data set).
+TRAINED_RUN = ("preact_manifold_mixup", "cifar100")
+
 # The README's rule for the other data sets: change only these flags (and
 # `--cutout 20` for the SVHN cutout run).
 DATASET_FLAGS = {
