@@ -45,7 +45,8 @@ def fabricated(tmp_path_factory):
 def trained_experiment(fabricated, tmp_path_factory):
     """One finished experiment folder, trained once per session for every
     test that only reads one (the original command's checks in
-    `test_train_cli.py`, evaluate and visualize in `test_evaluate_scripts.py`).
+    `test_train_cli.py`, `evaluate` on an experiment folder in
+    `test_evaluate_scripts.py`).
 
     `TRAINED_RUN`'s command with the tests' overrides (`original_run_args`:
     1 epoch, a few images per class, wrn28_2), run by the trainer's `main`
