@@ -1,12 +1,16 @@
 """scripts/train.py on bad input: exit 2, one message, no traceback, no folder.
 
 Flag errors are answered before any data is read, data errors before any
-model is built; neither makes a folder. Every case is a real subprocess and
-pays TensorFlow's import (`import patchup_tf` registers its Keras classes),
-so the cases run two at a time.
+model is built; neither makes a folder. The cases call the trainer's
+`main` in this process (`tests/helpers/programs.py`): the exit code and
+the message are the same as a process's, without TensorFlow's start-up per
+case. One data case also runs as a real `scripts/train.py` process (the
+exit code and the one line a shell sees once TensorFlow has loaded); the
+flag errors' process test, with TensorFlow blocked, is in
+`test_entry_points.py`. The NaN runs (exit 3) train in-process too, on the
+tiny network.
 """
 
-import concurrent.futures
 import os
 
 import numpy as np
@@ -21,6 +25,7 @@ from tests.helpers.trainer import (
     read_state,
     run_train,
     original_run_args,
+    train_in_process,
 )
 
 SOFT = ["--train", "patchup", "--patchup_type", "soft"]
@@ -76,40 +81,20 @@ def _check_bad_input(proc, root, expected, single_line=True):
     assert experiment_dirs(root) == [], f"experiment folder made: {experiment_dirs(root)}"
 
 
-def _start_two_at_a_time(runs):
-    """`{id: (root, argv, timeout)}` -> `{id: (root, future of run_train)}`."""
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
-    started = {case: (root, pool.submit(run_train, argv, timeout))
-               for case, (root, argv, timeout) in runs.items()}
-    return pool, started
-
-
-@pytest.fixture(scope="module")
-def flag_case_runs(fabricated, tmp_path_factory):
-    base = tmp_path_factory.mktemp("bad_flags")
-    runs = {}
-    for case, (argv, _) in sorted(FLAG_CASES.items()):
-        root = base / case / "experiments"
-        runs[case] = (root, [*_base(fabricated.dirs["cifar10"], root), *argv], 120)
-    pool, started = _start_two_at_a_time(runs)
-    yield started
-    pool.shutdown(wait=True)
-
-
 @pytest.mark.parametrize("case", sorted(FLAG_CASES))
-def test_bad_flags(case, flag_case_runs):
-    root, future = flag_case_runs[case]
-    proc = future.result()
-    _check_bad_input(proc, root, FLAG_CASES[case][1])
-    # TensorFlow's start-up lines are filtered (TF_CPP_MIN_LOG_LEVEL=2 in the script).
-    assert "oneDNN" not in proc.stderr and "absl" not in proc.stderr, describe(proc)
+def test_bad_flags(case, fabricated, tmp_path):
+    root = tmp_path / "experiments"
+    argv, expected = FLAG_CASES[case]
+    proc = train_in_process([*_base(fabricated.dirs["cifar10"], root), *argv])
+    _check_bad_input(proc, root, expected)
 
 
 def test_original_commands_with_bad_overrides_fail_the_same(fabricated, tmp_path):
     """The PyTorch original's PatchUp command, made contradictory by one more flag."""
     root = tmp_path / "experiments"
-    proc = run_train([*original_run_args("preact_hard_patchup", fabricated.dirs["cifar10"], root),
-                      "--method", "soft_patchup"], timeout=120)
+    proc = train_in_process([
+        *original_run_args("preact_hard_patchup", fabricated.dirs["cifar10"], root),
+        "--method", "soft_patchup"])
     _check_bad_input(proc, root, ["--method soft_patchup", "--patchup_type hard"])
 
 
@@ -184,48 +169,51 @@ DATA_CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def data_case_runs(fabricated, tmp_path_factory):
-    """Starts every data case (and the first-epoch NaN run) at once, two at
-    a time; `{id: (root, future)}`."""
-    base = tmp_path_factory.mktemp("bad_data")
-    runs = {}
-    root = str(base / "nan_first_epoch" / "experiments")
-    runs["nan_first_epoch"] = (root, original_run_args(
-        "preact_vanilla", fabricated.dirs["cifar10"], root, extra=["--learning_rate", "1e36"]),
-        600)
-    for case, (dataset, make, extra, _, _) in sorted(DATA_CASES.items()):
-        folder = str(base / case)
-        data_dir = make(folder + "/data", fabricated) if make else fabricated.dirs[dataset]
-        root = os.path.join(folder, "experiments")
-        argv = [*_base(data_dir, root, dataset), *(a.replace("{tmp}", folder) for a in extra)]
-        if dataset == "cifar100":
-            argv += ["--labels_per_class", "1", "--valid_labels_per_class", "1",
-                     "--batch_size", "50"]
-        runs[case] = (root, argv, 300)
-    pool, started = _start_two_at_a_time(runs)
-    yield started
-    pool.shutdown(wait=True)
+def _data_case_argv(case, fabricated, folder):
+    """The trainer's argv for a data case, its data made under `folder`."""
+    dataset, make, extra, _, _ = DATA_CASES[case]
+    folder = str(folder)
+    data_dir = make(folder + "/data", fabricated) if make else fabricated.dirs[dataset]
+    root = os.path.join(folder, "experiments")
+    argv = [*_base(data_dir, root, dataset), *(a.replace("{tmp}", folder) for a in extra)]
+    if dataset == "cifar100":
+        argv += ["--labels_per_class", "1", "--valid_labels_per_class", "1",
+                 "--batch_size", "50"]
+    return root, argv
 
 
 @pytest.mark.parametrize("case", sorted(DATA_CASES))
-def test_bad_data(case, data_case_runs):
-    root, future = data_case_runs[case]
-    proc = future.result()
+def test_bad_data(case, fabricated, tmp_path):
+    root, argv = _data_case_argv(case, fabricated, tmp_path)
+    proc = train_in_process(argv)
     _, _, _, expected, single_line = DATA_CASES[case]
     _check_bad_input(proc, root, expected, single_line)
-    # Nothing after the message (TensorFlow's start-up lines come before it).
     assert proc.stderr.rstrip().endswith(_message(proc.stderr)), describe(proc)
 
 
+def test_bad_data_in_a_process_exits_2_with_one_line(fabricated, tmp_path):
+    """The same contract from a real `scripts/train.py` process, after
+    TensorFlow has loaded: exit 2, the one line last, TensorFlow's start-up
+    lines filtered (`patchup_tf.cli.tf_logging`)."""
+    root, argv = _data_case_argv("cifar_labels_out_of_range", fabricated, tmp_path)
+    proc = run_train(argv, timeout=300)
+    _check_bad_input(proc, root, DATA_CASES["cifar_labels_out_of_range"][3])
+    # Nothing after the message (TensorFlow's start-up lines come before it).
+    assert proc.stderr.rstrip().endswith(_message(proc.stderr)), describe(proc)
+    assert "oneDNN" not in proc.stderr and "absl" not in proc.stderr, describe(proc)
+
+
 # ------------------------------------------------------------ NaN
-def test_nan_loss_stops_with_exit_3_and_keeps_the_last_good_checkpoint(fabricated, tmp_path):
+# What the trainer does when the loss diverges does not depend on the
+# network: these runs build the tiny one (`tiny_network`, tests/cli/conftest.py).
+def test_nan_loss_stops_with_exit_3_and_keeps_the_last_good_checkpoint(fabricated, tmp_path,
+                                                                       tiny_network):
     """Epoch 1 trains at lr 0.1; from epoch 2 the schedule multiplies it by
     1e35, so the loss becomes NaN (or inf) within a step or two."""
     root = tmp_path / "experiments"
     argv = original_run_args("preact_vanilla", fabricated.dirs["cifar10"], root, epochs=3,
                          extra=["--schedule", "1", "--step_factors", "1e35"])
-    proc = run_train(argv, timeout=600)
+    proc = train_in_process(argv)
     assert proc.returncode == 3, describe(proc)
     assert "Traceback" not in proc.stderr, describe(proc)
     message = _message(proc.stderr)
@@ -243,16 +231,16 @@ def test_nan_loss_stops_with_exit_3_and_keeps_the_last_good_checkpoint(fabricate
     assert not os.path.exists(os.path.join(exp, "saved_model"))
 
 
-def test_nan_in_the_first_epoch_says_no_checkpoint(data_case_runs):
-    root, future = data_case_runs["nan_first_epoch"]
-    proc = future.result()
+def test_nan_in_the_first_epoch_says_no_checkpoint(fabricated, tmp_path, tiny_network):
+    root = str(tmp_path / "experiments")
+    proc = train_in_process(original_run_args(
+        "preact_vanilla", fabricated.dirs["cifar10"], root, extra=["--learning_rate", "1e36"]))
     assert proc.returncode == 3, describe(proc)
     assert "Traceback" not in proc.stderr, describe(proc)
     message = _message(proc.stderr)
     assert "NaN" in message and "no checkpoint" in message, message
     for exp in experiment_dirs(root):
         assert not os.path.exists(os.path.join(exp, "checkpoints", "checkpoint"))
-
 
 
 def test_global_batch_not_divisible_by_replicas_exits_2(monkeypatch, tmp_path, capsys):

@@ -1,21 +1,20 @@
-"""End-to-end tests of scripts/make_affine_sets.py, scripts/evaluate.py and
-scripts/visualize.py, run as subprocesses on tiny fabricated CIFAR-100 files
-(torchvision's on-disk format) and tiny untrained models.
+"""End-to-end tests of the programs of scripts/make_affine_sets.py,
+scripts/evaluate.py and scripts/visualize.py on tiny fabricated CIFAR-100
+files (torchvision's on-disk format), tiny untrained models and the trained
+experiment of the session (`trained_experiment`, tests/cli/conftest.py).
 
-Every script run needs its own TensorFlow import (seconds), so the module
-fixture starts all of them at once, a few at a time, and each test checks
-one run's outcome.
+Each program's `main` runs in this process (`tests/helpers/programs.py`:
+its exit code, stdout and stderr, as a process would give them, without
+TensorFlow's start-up per run); the module fixture runs them all once and
+each test checks one run's outcome.
 """
 
-import concurrent.futures
 import importlib.util
 import json
 import os
 import pickle
 import shutil
 import struct
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -32,6 +31,7 @@ from patchup_tf.evaluation import (
 from patchup_tf.evaluation.report import EvaluationError, check_affine_sets, check_model_fits
 from patchup_tf.layers import MixingPoint
 from patchup_tf.training import MixingModel
+from tests.helpers.programs import run_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPTS = os.path.join(REPO, "scripts")
@@ -88,15 +88,14 @@ def tiny_model(num_classes=100, input_shape=(32, 32, 3), seed=0):
     return MixingModel(inputs, logits, seed=seed)
 
 
-def _run(args, cwd):
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable] + args, cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
-    return proc
+def _run(args):
+    """`args[0]`'s program (a `patchup_tf.cli` module) on `args[1:]`, in-process."""
+    module, *argv = args
+    return run_main(module.main, argv)
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, trained_experiment):
     root = tmp_path_factory.mktemp("scripts")
     data = str(root / "data")
     arrays = write_cifar100(data)
@@ -135,10 +134,11 @@ def env(tmp_path_factory):
     shutil.copytree(affine, swapped)
     shutil.copy(os.path.join(affine, "rotation_20.npz"), os.path.join(swapped, "zoom_1.4.npz"))
 
-    cwd = str(root)
-    ev = os.path.join(SCRIPTS, "evaluate.py")
-    vis = os.path.join(SCRIPTS, "visualize.py")
-    mk = os.path.join(SCRIPTS, "make_affine_sets.py")
+    from patchup_tf.cli import evaluate as ev, make_affine_sets as mk, visualize as vis
+
+    # A copy of the session's experiment: evaluate writes evaluation.json into it.
+    trained = str(root / "trained")
+    shutil.copytree(trained_experiment.folder, trained)
     d = ["--dataset", "cifar100", "--data_dir", data]
     full = ["--affine_path", affine, "--fsgm_attack", "True"]
     cases = {
@@ -148,7 +148,7 @@ def env(tmp_path_factory):
         "keras": [ev, keras_path, *d, *full, "--out", str(root / "keras.json")],
         "saved_model": [ev, saved_model, *d, *full, "--out", str(root / "sm.json")],
         # dataset and data_dir come from the experiment's flags.json
-        "experiment": [ev, str(exp), *full],
+        "experiment": [ev, trained, *full],
         "ten_classes": [ev, str(root / "tiny10.keras"), *d],
         "input_shape": [ev, str(root / "tiny28.keras"), *d],
         "negative_eps": [ev, keras_path, *d, "--fgsm", "0", "-0.05"],
@@ -159,11 +159,10 @@ def env(tmp_path_factory):
         "activations": [vis, "activations", str(exp), keras_path, "--out_dir",
                         str(root / "act")],
     }
-    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {k: pool.submit(_run, v, cwd) for k, v in cases.items()}
-        runs = {k: f.result() for k, f in futures.items()}
+    runs = {k: _run(v) for k, v in cases.items()}
     return {"root": root, "data": data, "x_test": x_test, "y_test": y_test, "names": names,
-            "runs": runs, "exp": str(exp), "affine": affine}
+            "runs": runs, "exp": str(exp), "affine": affine, "trained": trained,
+            "trained_data": trained_experiment.data_dir}
 
 
 def _ok(run):
@@ -256,10 +255,10 @@ def test_evaluate_saved_model_matches_keras(env):
 
 def test_evaluate_experiment_folder_uses_its_flags(env):
     run = _ok(env["runs"]["experiment"])
-    out = os.path.join(env["exp"], "evaluation.json")
+    out = os.path.join(env["trained"], "evaluation.json")
     results = _check_results(out, "experiment")
     assert results["weights"].endswith("best.keras")
-    assert results["data_dir"] == env["data"]
+    assert results["data_dir"] == env["trained_data"]
     assert out in run.stdout
 
 
@@ -340,7 +339,7 @@ def test_visualize_curves_in_process(env, tmp_path, capsys):
     assert script.main(["curves", env["exp"], "--out_dir", str(tmp_path)]) == 0
     for name in ("loss.png", "accuracy.png"):
         assert _png_size(tmp_path / name)[0] > 100
-    with pytest.raises(SystemExit) as info:
-        script.main(["curves", str(tmp_path)])  # no log.json there
-    assert info.value.code == 2
-    assert "no log.json" in capsys.readouterr().err
+    capsys.readouterr()
+    assert script.main(["curves", str(tmp_path)]) == 2  # no log.json there
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "no log.json" in err, err

@@ -1,4 +1,5 @@
-"""A tiny image folder through the trainer, `evaluate` and `make_affine_sets`, in process."""
+"""A tiny image folder through the trainer, `evaluate` and `make_affine_sets`, in process
+(the trainer builds the tiny network, `tiny_network`: the subject is the data set)."""
 
 import json
 import os
@@ -12,7 +13,7 @@ from patchup_tf.experiment.run import run
 from tests.helpers.images import make_folder
 
 
-def test_folder_trains_evaluates_and_makes_deformed_sets(tmp_path, capsys):
+def test_folder_trains_evaluates_and_makes_deformed_sets(tmp_path, capsys, tiny_network):
     data = tmp_path / "my images"
     make_folder(data, classes=("cat", "dog", "emu"), size=(32, 32),
                 counts={"train": 6, "test": 3}, ext=".jpg")

@@ -5,11 +5,12 @@ Each command is taken verbatim from the README (`main.py` -> `scripts/train.py`,
 `<X>`/`<JobID>` filled, the README's flag changes for CIFAR-100 and SVHN),
 with overrides appended (argparse keeps the last occurrence): the fabricated
 --data_dir, a tmp --root_dir, --epochs 1, a few images per class and the
-small wrn28_2. The runs start together, two at a time; each test checks one
-experiment folder.
+small wrn28_2. Each test runs one command with the trainer's `main` in this
+process (no TensorFlow start-up) and checks its experiment folder; the
+CIFAR-100 command is the session's `trained_experiment`
+(tests/cli/conftest.py), trained once for every test that reads a folder.
 """
 
-import concurrent.futures
 import csv
 import glob
 import json
@@ -21,11 +22,12 @@ import pytest
 
 from patchup_tf.experiment.logs import LOG_FIELDS
 from tests.helpers.trainer import (
+    TRAINED_RUN,
     describe,
     keras_weights,
     only_experiment,
-    run_train,
     original_run_args,
+    train_in_process,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -44,18 +46,16 @@ RUNS = {
 }
 
 
-@pytest.fixture(scope="module")
-def original_runs(fabricated, tmp_path_factory):
-    """Starts every run at once, two at a time; `{id: (root, future)}`."""
-    base = tmp_path_factory.mktemp("original_runs")
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
-    runs = {}
-    for run_id, (label, dataset, _) in RUNS.items():
-        root = str(base / run_id)
-        argv = original_run_args(label, fabricated.dirs[dataset], root, dataset=dataset)
-        runs[run_id] = (root, pool.submit(run_train, argv, 900))
-    yield runs
-    pool.shutdown(wait=True)
+def _original_run(run_id, fabricated, tmp_path, request):
+    """`(root, result)` of the run's command: the session's trained
+    experiment for `TRAINED_RUN`'s, else trained here, in-process."""
+    label, dataset, _ = RUNS[run_id]
+    if (label, dataset) == TRAINED_RUN:
+        trained = request.getfixturevalue("trained_experiment")
+        return trained.root, trained.proc
+    root = str(tmp_path / run_id)
+    return root, train_in_process(
+        original_run_args(label, fabricated.dirs[dataset], root, dataset=dataset))
 
 
 def _events_files(folder):
@@ -63,11 +63,10 @@ def _events_files(folder):
 
 
 @pytest.mark.parametrize("run_id", list(RUNS))
-def test_original_command_runs_and_fills_the_experiment_folder(run_id, original_runs,
-                                                               fabricated):
+def test_original_command_runs_and_fills_the_experiment_folder(run_id, fabricated, tmp_path,
+                                                               request):
     label, dataset, expected = RUNS[run_id]
-    root, future = original_runs[run_id]
-    proc = future.result()
+    root, proc = _original_run(run_id, fabricated, tmp_path, request)
     assert proc.returncode == 0, describe(proc)
     assert "Traceback" not in proc.stderr, describe(proc)
     exp = only_experiment(root)

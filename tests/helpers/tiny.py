@@ -98,3 +98,13 @@ def weights(model):
 
 def max_diff(a, b):
     return max(float(np.abs(u - v).max()) for u, v in zip(a, b))
+
+
+def tiny_build(arch, num_classes=10, method="vanilla", *, input_shape=(32, 32, 3), seed=None,
+               batchnorm=None, **options):
+    """A stand-in for `patchup_tf.models.build` (same arguments): the tiny
+    network above whatever `arch` says, for the tests of what the trainer
+    does around the network, where building and tracing a paper
+    architecture would cost most of the time."""
+    inputs, logits = tiny_layers(num_classes, input_shape=input_shape)
+    return MixingModel(inputs, logits, method=method, method_options=options, seed=seed)

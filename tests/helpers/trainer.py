@@ -1,4 +1,4 @@
-"""Helpers for running `scripts/train.py` as a subprocess and reading its folders.
+"""Helpers for running `scripts/train.py` (as a subprocess or in-process) and reading its folders.
 
 The data sets are tiny fabricated copies of CIFAR-10, CIFAR-100 and SVHN in
 torchvision's on-disk formats (written by `tests/helpers/datasets.py`)), so the PyTorch original's command lines run offline in seconds per
@@ -79,6 +79,11 @@ ORIGINAL_COMMANDS = dict([
      'python main.py --dataset cifar10 --data_dir ./data/cifar10/ --fsgm_attack True --root_dir ./experiments/patchup/soft/ --labels_per_class 5000 --valid_labels_per_class 500 --arch <X> --learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 2000 --schedule 500 1000 1500 --step_factors 0.1 0.1 0.1 --train patchup --alpha 2.0 --patchup_type soft --patchup_block 7 --patchup_prob 1.0 --gamma 0.25 --job_id <JobID>'),  # noqa: E501
 ])
 
+# The command of the session's trained experiment (`trained_experiment` in
+# tests/cli/conftest.py): the original Manifold Mixup command with the README's
+# CIFAR-100 flags, as (README label, data set).
+TRAINED_RUN = ("preact_manifold_mixup", "cifar100")
+
 # The README's rule for the other data sets: change only these flags (and
 # `--cutout 20` for the SVHN cutout run).
 DATASET_FLAGS = {
@@ -129,6 +134,15 @@ def run_train(args, timeout=600):
                           env=train_env(), cwd=REPO)
     proc.seconds = time.monotonic() - start
     return proc
+
+
+def train_in_process(args):
+    """`run_train` without the subprocess: `patchup_tf.cli.train.main(args)`
+    in this process (no TensorFlow start-up); the same result fields."""
+    from patchup_tf.cli.train import main
+    from tests.helpers.programs import run_main
+
+    return run_main(main, args)
 
 
 def start_train(args, log_path):
