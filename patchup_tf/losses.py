@@ -96,8 +96,8 @@ def smooth_labels(targets, label_smoothing):
     return (1.0 - eps) * targets + eps / num_classes
 
 
-LOSSES = {"bce": bce_on_softmax, "ce": softmax_ce}
-"""The losses by their `loss` option name."""
+LOSS_FUNCTIONS = {"bce": bce_on_softmax, "ce": softmax_ce}
+"""The losses by their `loss` option name (`patchup_tf.rules.LOSSES`)."""
 
 PER_SAMPLE_LOSSES = {"bce": bce_on_softmax_per_sample, "ce": softmax_ce_per_sample}
 """Their per-sample forms, `(N,)`, by the same names."""

@@ -13,7 +13,7 @@ sees the same draw (`docs/methods.md`, "The plan").
 from keras import ops
 
 from patchup_tf import draws, mixing
-from patchup_tf.losses import LOSSES, PER_SAMPLE_LOSSES, smooth_labels
+from patchup_tf.losses import LOSS_FUNCTIONS, PER_SAMPLE_LOSSES, smooth_labels
 from patchup_tf.rules import (  # noqa: F401  (METHODS, NUM_POSITIONS, ... re-exported)
     COMMON_DEFAULTS,
     METHODS,
@@ -218,7 +218,7 @@ class Method:
         are each image's `u_i`, inside the batch mean: e.g.
         `mean_i(u_i L_i(y_a) + (1-u_i) L_i(y_b))`.
         """
-        base = LOSSES[self.options["loss"]]
+        base = LOSS_FUNCTIONS[self.options["loss"]]
 
         def fn(logits, y):
             if not weighted:

@@ -473,8 +473,8 @@ def test_softmax_ce_matches_numpy():
     logits = rng.normal(0, 3, (8, 6)).astype(np.float32)
     t = rng.dirichlet(np.ones(6), 8).astype(np.float32)
     assert float(losses.softmax_ce(logits, t)) == pytest.approx(np_softmax_ce(logits, t), rel=1e-5)
-    assert set(losses.LOSSES) == {"bce", "ce"}
-    assert losses.LOSSES["bce"] is losses.bce_on_softmax
+    assert tuple(losses.LOSS_FUNCTIONS) == rules.LOSSES == ("bce", "ce")
+    assert losses.LOSS_FUNCTIONS["bce"] is losses.bce_on_softmax
 
 
 # ---------------------------------------------------------------- bad input

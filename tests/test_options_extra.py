@@ -210,7 +210,7 @@ def test_mixup_cutmix_mix_and_pair_loss(use, loss):
     if not use:
         assert float(result.u) == pytest.approx(0.55)
     logits = tf.constant(np.random.default_rng(0).normal(size=(n, 3)).astype("float32"))
-    base = losses.LOSSES[loss]
+    base = losses.LOSS_FUNCTIONS[loss]
     u = float(result.u)
     expected = u * float(base(logits, result.y_a)) + (1 - u) * float(base(logits, result.y_b))
     assert float(m.loss(logits, y, result, plan)) == pytest.approx(expected, rel=1e-6)

@@ -266,7 +266,7 @@ def test_per_sample_losses_average_to_the_batch_loss(loss):
     rng = np.random.default_rng(1)
     t = rng.dirichlet(np.ones(3), size=4).astype(np.float32)
     w = rng.uniform(0, 2, 4).astype(np.float32)
-    per, whole = losses.PER_SAMPLE_LOSSES[loss], losses.LOSSES[loss]
+    per, whole = losses.PER_SAMPLE_LOSSES[loss], losses.LOSS_FUNCTIONS[loss]
     ref = np_bce_on_softmax if loss == "bce" else np_softmax_ce
     rows = per(LOGITS, t).numpy()
     assert rows.shape == (4,)

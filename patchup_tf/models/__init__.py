@@ -5,15 +5,16 @@ from patchup_tf.models.batchnorm import FusedBatchNorm
 from patchup_tf.models.common import BATCHNORMS, DEFAULT_BATCHNORM, check_batchnorm
 from patchup_tf.models.preact_resnet import preact_resnet
 from patchup_tf.models.wide_resnet import wide_resnet
+from patchup_tf.rules import ARCHS
 from patchup_tf.training import MixingModel
 
-ARCHS = {
+BUILDERS = {
     "preactresnet18": lambda **kw: preact_resnet([2, 2, 2, 2], name="preactresnet18", **kw),
     "preactresnet34": lambda **kw: preact_resnet([3, 4, 6, 3], name="preactresnet34", **kw),
     "wrn28_10": lambda **kw: wide_resnet(28, 10, name="wrn28_10", **kw),
     "wrn28_2": lambda **kw: wide_resnet(28, 2, name="wrn28_2", **kw),
 }
-"""Architecture name -> builder returning `(inputs, logits)`."""
+"""Architecture name (`patchup_tf.rules.ARCHS`) -> builder returning `(inputs, logits)`."""
 
 
 def build(arch, num_classes=10, method="vanilla", *, input_shape=(32, 32, 3), seed=None,
@@ -36,7 +37,7 @@ def build(arch, num_classes=10, method="vanilla", *, input_shape=(32, 32, 3), se
         A `MixingModel` outputting float32 logits (under any policy);
         compile it with an optimizer only.
     """
-    if arch not in ARCHS:
+    if arch not in BUILDERS:
         raise ValueError(
             f"Invalid value received for argument `arch`. Expected one of "
             f"{', '.join(ARCHS)}. Received: arch={arch!r}"
@@ -54,12 +55,12 @@ def build(arch, num_classes=10, method="vanilla", *, input_shape=(32, 32, 3), se
         )
     check_batchnorm(batchnorm)
     Method(method, **options)  # validates before the (slow) graph build
-    inputs, logits = ARCHS[arch](num_classes=num_classes, input_shape=input_shape,
+    inputs, logits = BUILDERS[arch](num_classes=num_classes, input_shape=input_shape,
                                  batchnorm=batchnorm)
     return MixingModel(
         inputs, logits, method=method, method_options=options, seed=seed, name=arch
     )
 
 
-__all__ = ["ARCHS", "BATCHNORMS", "FusedBatchNorm", "METHODS", "MixingModel", "build",
+__all__ = ["ARCHS", "BATCHNORMS", "BUILDERS", "FusedBatchNorm", "METHODS", "MixingModel", "build",
            "preact_resnet", "wide_resnet"]

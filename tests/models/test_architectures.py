@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from patchup_tf.layers import MixingPoint
-from patchup_tf.models import ARCHS, build
+from patchup_tf.models import ARCHS, BUILDERS, build
 
 PARAMS = {
     ("preactresnet18", 10): 11_171_146,
@@ -75,6 +75,7 @@ def layers_of(model, kind):
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_trainable_parameter_counts(arch):
     assert set(ARCHS) == {"preactresnet18", "preactresnet34", "wrn28_10", "wrn28_2"}
+    assert tuple(BUILDERS) == ARCHS  # a builder for every name, in the same order
     assert n_trainable(model_of(arch)) == PARAMS[arch, 10]
     assert n_trainable(build(arch, 100, seed=0)) == PARAMS[arch, 100]
 
