@@ -164,6 +164,7 @@ def _train(a, settings, log):
 
 
 def _train_runnable(a, settings, log, configs, skipped_rows, backends):
+    """`_train`'s answer for the runnable `configs`, `skipped_rows` added to its rows."""
     envs, torch_envs = cfg.env_variants(a["worker_envs"]), cfg.env_variants(a["torch_envs"])
     torch_configs, skipped = _torch_configs(a, log)
     torch_command = original.command(a["torch_original"] or ".", a["torch_python"])
