@@ -1,5 +1,6 @@
 """What to time: one configuration per (impl, arch, method, precision, XLA,
-BatchNorm kind, input, environment variant), the presets and the checks."""
+BatchNorm kind, input, Keras backend, environment variant), the presets, the
+checks and what a backend cannot run."""
 
 import itertools
 
@@ -11,6 +12,8 @@ TORCH_IMPL = "torch_original"
 DEFAULT_METHODS = ("vanilla", "soft_patchup", "hard_patchup", "manifold_mixup")
 INPUTS = ("batches", "trainer")
 XLA = ("off", "on")
+BACKENDS = ("tensorflow", "jax", "torch")
+"""Keras backends the library's step can be timed under (`KERAS_BACKEND`)."""
 TINY = {
     "methods": ("vanilla", "soft_patchup"),
     "precisions": ("float32",),
@@ -38,10 +41,12 @@ FULL = {
 
 
 def make_config(arch="preactresnet18", method="vanilla", precision="float32", xla=False,
-                batchnorm="fused", input="batches", impl=IMPL, variant=""):
-    """One configuration to time (a dict; `variant` names a worker environment)."""
+                batchnorm="fused", input="batches", impl=IMPL, variant="", backend="tensorflow"):
+    """One configuration to time (a dict; `variant` names a worker environment,
+    `backend` the Keras backend its worker runs)."""
     return {"impl": impl, "arch": arch, "method": method, "precision": precision,
-            "xla": bool(xla), "batchnorm": batchnorm, "input": input, "variant": variant}
+            "xla": bool(xla), "batchnorm": batchnorm, "input": input, "variant": variant,
+            "backend": backend}
 
 
 def as_config(c):
@@ -52,11 +57,14 @@ def as_config(c):
 
 
 def config_label(c):
-    """`impl/arch/method/precision/xla=..[/bn=../in=..][/variant]`."""
+    """`impl/arch/method/precision/xla=..[/bn=../in=..][/backend][/variant]`
+    (the backend named unless TensorFlow)."""
     parts = [c.get("impl", IMPL), c.get("arch", "?"), c.get("method", "?"),
              c.get("precision", "?"), "xla=" + ("on" if c.get("xla") else "off")]
     if c.get("impl", IMPL) == IMPL:
         parts += ["bn=" + str(c.get("batchnorm", "fused")), "in=" + str(c.get("input", "batches"))]
+        if c.get("backend", "tensorflow") != "tensorflow":
+            parts.append(c["backend"])
     if c.get("variant"):
         parts.append(c["variant"])
     return "/".join(parts)
@@ -90,11 +98,12 @@ def env_variants(texts):
     return [(text, parse_env(text)) for text in texts] or [("", {})]
 
 
-def check_choices(*, methods, precisions, xla, batchnorms, inputs):
+def check_choices(*, methods, precisions, xla, batchnorms, inputs, backends=BACKENDS[:1]):
     """Raises the Keras-style `ValueError` for the first unknown choice."""
     from patchup_tf.models.common import BATCHNORMS
 
-    for name, values, allowed in (("precisions", precisions, PRECISIONS),
+    for name, values, allowed in (("backend", backends, BACKENDS),
+                                  ("precisions", precisions, PRECISIONS),
                                   ("methods", methods, METHODS), ("xla", xla, XLA),
                                   ("batchnorms", batchnorms, tuple(BATCHNORMS)),
                                   ("inputs", inputs, INPUTS)):
@@ -102,10 +111,22 @@ def check_choices(*, methods, precisions, xla, batchnorms, inputs):
             check_choice(name, value, allowed)
 
 
-def expand(*, archs, methods, precisions, xla, batchnorms, inputs, xla_methods=None):
+def expand(*, archs, methods, precisions, xla, batchnorms, inputs, xla_methods=None,
+           backends=BACKENDS[:1]):
     """Every patchup_tf configuration asked for (XLA "on" only for
-    `xla_methods` when given), methods innermost."""
-    return [make_config(arch, method, precision, x == "on", bn, inp)
-            for arch, precision, x, bn, inp, method
-            in itertools.product(archs, precisions, xla, batchnorms, inputs, methods)
+    `xla_methods` when given), backends innermost, then methods."""
+    return [make_config(arch, method, precision, x == "on", bn, inp, backend=backend)
+            for arch, precision, x, bn, inp, method, backend
+            in itertools.product(archs, precisions, xla, batchnorms, inputs, methods, backends)
             if not (x == "on" and xla_methods is not None and method not in xla_methods)]
+
+
+def skip_reason(config):
+    """Why `config`'s backend cannot run it, or None."""
+    backend = config.get("backend", "tensorflow")
+    if backend == "torch" and config.get("xla"):
+        return ("MixingModel refuses jit_compile=True on PyTorch (its seeded draws use torch "
+                "generators, which torch.compile does not trace)")
+    if backend != "tensorflow" and config.get("input") == "trainer":
+        return f"the trainer's input stream is tf.data (TensorFlow only), not {backend}"
+    return None

@@ -1,10 +1,12 @@
 """Ratios between the rows of one run: to the same group's vanilla, to the
-PyTorch original's same method, and the input pipeline to the fastest step.
+same config on TensorFlow (per Keras backend), to the PyTorch original's same
+method, and the input pipeline to the fastest step.
 No targets here: they and which run meets them are in `benchmarks/results/`."""
 
 from benchmarks.configs import IMPL, TORCH_IMPL
 
-GROUP_KEYS = ("impl", "arch", "precision", "xla", "batchnorm", "input", "variant")
+GROUP_KEYS = ("impl", "arch", "precision", "xla", "batchnorm", "input", "variant", "backend")
+SAME_CONFIG = ("method",) + tuple(k for k in GROUP_KEYS if k != "backend")
 
 
 def _vanilla_ratios(train):
@@ -19,6 +21,20 @@ def _vanilla_ratios(train):
         r["cpu_overhead_vs_vanilla"] = (r["cpu_s_per_step"] / base["cpu_s_per_step"] - 1.0
                                         if r.get("cpu_s_per_step") and base.get("cpu_s_per_step")
                                         else None)
+
+
+def _backend_ratios(train):
+    """`x_tf_img_per_s`: img/s over the same config's on TensorFlow (runs with
+    another backend only)."""
+    ours = [r for r in train if r.get("impl", IMPL) == IMPL]
+    if all(r.get("backend", "tensorflow") == "tensorflow" for r in ours):
+        return
+    tf_rows = [r for r in ours if r.get("backend", "tensorflow") == "tensorflow"
+               and r.get("img_per_s")]
+    for r in ours:
+        ref = [t for t in tf_rows if all(t.get(k) == r.get(k) for k in SAME_CONFIG)]
+        r["x_tf_img_per_s"] = (r["img_per_s"] / ref[0]["img_per_s"]
+                               if ref and r.get("img_per_s") else None)
 
 
 def _torch_ratios(train):
@@ -56,13 +72,14 @@ def add_ratios(results):
     """Adds the ratios to `results` (its `train`, `memory` and `pipeline` rows)."""
     train = results["train"]
     _vanilla_ratios(train)
+    _backend_ratios(train)
     _torch_ratios(train)
     _memory_ratios(results.get("memory") or [])
     ours = [r for r in train if r.get("impl", IMPL) == IMPL and r.get("img_per_s")]
     fastest = max(ours, key=lambda v: v["img_per_s"]) if ours else None
     results["fastest_train_config"] = (
         {k: fastest.get(k) for k in ("arch", "method", "precision", "xla", "batchnorm",
-                                     "input", "img_per_s")} if fastest else None)
+                                     "input", "backend", "img_per_s")} if fastest else None)
     for p in results.get("pipeline") or []:
         p["ratio_to_fastest_model"] = (p["img_per_s"] / fastest["img_per_s"]
                                        if fastest and p.get("img_per_s") else None)

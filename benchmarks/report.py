@@ -9,12 +9,16 @@ LEGEND = (
     "ovh: vanilla's wall time per step -> this one's. CPU-s/st: process CPU seconds per step; "
     "CPU ovh: the same overhead in CPU time, robust to other processes' load. util: CPU-s per "
     "wall-s (= cores busy; below the core count means the run was starved and wall figures are "
-    "noisy). retr: new train_step traces during timing (0 expected). x torch: img/s over the "
-    "PyTorch original's same method in float32 (same run, interleaved; its fastest variant); "
-    "x t CPU: the original's CPU-s per step (its cheapest variant) over this one's.")
-HEAD = (f"{'impl':<15}{'method':<15}{'precision':<15}{'xla':<4}{'bn':<6}{'input':<8}"
-        f"{'img/s':>8}{'windows':>18}{'ms/step':>8}{'x van':>7}{'ovh':>7}{'CPU-s/st':>9}"
-        f"{'CPU ovh':>8}{'util':>5}{'retr':>5}{'MiB':>6}{'x torch':>8}{'x t CPU':>8}")
+    "noisy). retr: new train_step traces during timing (0 expected; '-' where the step runs "
+    "eagerly: PyTorch, JAX with XLA off). x tf: img/s over the same config's on the TensorFlow "
+    "backend (same run, interleaved; JAX and PyTorch time whole fit calls on NumPy batches). "
+    "x torch: img/s over the PyTorch original's same method in float32 (same run, "
+    "interleaved; its fastest variant); x t CPU: the original's CPU-s per step (its cheapest "
+    "variant) over this one's.")
+HEAD = (f"{'impl':<15}{'backend':<11}{'method':<15}{'precision':<15}{'xla':<4}{'bn':<6}"
+        f"{'input':<8}{'img/s':>8}{'windows':>18}{'ms/step':>8}{'x van':>7}{'ovh':>7}"
+        f"{'CPU-s/st':>9}{'CPU ovh':>8}{'util':>5}{'retr':>5}{'MiB':>6}{'x tf':>6}"
+        f"{'x torch':>8}{'x t CPU':>8}")
 
 
 def _fmt(value, spec, missing="-"):
@@ -37,7 +41,9 @@ def _header(results):
         f"{results.get('loadavg_end')}",
         f"settings: batch {st['batch_size']}, {st['steps']} step(s) x {st['windows']} windows "
         f"(median; configs interleaved window by window unless isolated), warm-up "
-        f"{st['warmup']} fit step(s) + 1 call, timer={st['timer']}, mode={st.get('mode')}",
+        f"{st['warmup']} fit step(s) + 1 call, timer={st['timer']}"
+        + (" (fit off TensorFlow)" if set(st.get("backends") or ()) - {"tensorflow"} else "")
+        + f", mode={st.get('mode')}",
     ]
     if results.get("tf"):
         lines.append(f"TensorFlow in this process: {results['tf']}")
@@ -53,11 +59,15 @@ def _header(results):
 def _train_line(r):
     torch_row = r.get("impl") == TORCH_IMPL
     xla = "on" if r.get("xla_effective", r.get("xla")) else "off"
-    prefix = (f"{r.get('impl', IMPL):<15}{r.get('method', '?'):<15}{r.get('precision', '?'):<15}"
-              f"{xla:<4}{'-' if torch_row else r.get('batchnorm', '-'):<6}"
+    backend = "-" if torch_row else r.get("backend", "tensorflow")
+    prefix = (f"{r.get('impl', IMPL):<15}{backend:<11}{r.get('method', '?'):<15}"
+              f"{r.get('precision', '?'):<15}{xla:<4}"
+              f"{'-' if torch_row else r.get('batchnorm', '-'):<6}"
               f"{'-' if torch_row else r.get('input', '-'):<8}")
     if r.get("error"):
         return f"{prefix} ERROR {str(r['error'])[:150]}"
+    if r.get("skipped"):
+        return f"{prefix} SKIPPED {r['skipped']}"
     util = statistics.median(r["cpu_util_windows"]) if r.get("cpu_util_windows") else None
     return (f"{prefix}{_fmt(r.get('img_per_s'), '.1f'):>8}"
             f"{'/'.join(f'{v:.0f}' for v in r.get('img_per_s_windows', [])):>18}"
@@ -65,6 +75,7 @@ def _train_line(r):
             f"{_pct(r.get('overhead_vs_vanilla')):>7}{_fmt(r.get('cpu_s_per_step'), '.2f'):>9}"
             f"{_pct(r.get('cpu_overhead_vs_vanilla')):>8}{_fmt(util, '.2f'):>5}"
             f"{_fmt(r.get('retraces'), 'd'):>5}{_fmt(r.get('peak_rss_mb'), '.0f'):>6}"
+            f"{_fmt(r.get('x_tf_img_per_s'), '.2f'):>6}"
             f"{_fmt(r.get('x_torch_img_per_s'), '.2f'):>8}{_fmt(r.get('x_torch_cpu'), '.2f'):>8}"
             + (f"  [{r['variant']}]" if r.get("variant") else ""))
 

@@ -25,9 +25,12 @@ Three ways to run the configurations:
   peak resident memory is the honest per-config figure.
 
 A group is a worker command plus an environment, so timing the library
-under another Keras backend is one more group (`KERAS_BACKEND` in its
-environment, e.g. `--worker_env KERAS_BACKEND=jax` once the library runs
-there).
+under another Keras backend is one more group: `--backend tensorflow jax
+torch` holds each backend's configs in its own worker (`KERAS_BACKEND` in
+its environment; TensorFlow is never imported by the JAX and PyTorch
+workers, which feed NumPy batches and time whole `fit` calls), their
+windows interleaved, and reports each row's img/s over TensorFlow's for the
+same config. What a backend cannot run is skipped with the reason.
 """
 
 import argparse
@@ -60,10 +63,14 @@ def _torch_configs(a, log):
     return configs, None if configs else f"the original has none of {', '.join(methods)}"
 
 
-def _groups(configs, envs, torch_configs, torch_envs, torch_command):
-    """One worker group per environment variant of each side."""
-    groups = [(tf_worker.command(), env, [{**c, "variant": label} for c in configs],
-               cfg.IMPL + (f"[{label}]" if label else "")) for label, env in envs if configs]
+def _groups(configs, envs, torch_configs, torch_envs, torch_command, backends):
+    """One worker group per environment variant of each side (and Keras backend)."""
+    groups = [(tf_worker.command(), {**env, "KERAS_BACKEND": backend},
+               [{**c, "variant": label} for c in configs if c["backend"] == backend],
+               cfg.IMPL + (f"[{backend}]" if len(backends) > 1 else "")
+               + (f"[{label}]" if label else ""))
+              for backend in backends for label, env in envs
+              if any(c["backend"] == backend for c in configs)]
     groups += [(torch_command, env, [{**c, "variant": label} for c in torch_configs],
                 cfg.TORCH_IMPL + (f"[{label}]" if label else ""))
                for label, env in torch_envs if torch_configs]
@@ -123,30 +130,61 @@ def _mix_ops(a, log):
                                      windows=max(a["windows"], 3))]
 
 
+def _runnable(configs, batch_size, log):
+    """`(configs a backend can run, skipped rows with the reason)`."""
+    runnable, skipped = [], []
+    for c in configs:
+        reason = cfg.skip_reason(c)
+        if reason:
+            log(f"[skipped] {cfg.config_label(c)}: {reason}")
+            skipped.append({**c, "batch_size": batch_size, "skipped": reason})
+        else:
+            runnable.append(c)
+    return runnable, skipped
+
+
+def _side_by_side(rows, configs):
+    """`rows` in the order of `configs` (each config's backends together)."""
+    def key(r):
+        return cfg.config_label({**r, "backend": "", "variant": ""})
+
+    order = {key(c): i for i, c in reversed(list(enumerate(configs)))}
+    return sorted(rows, key=lambda r: order.get(key(r), len(order)))
+
+
 def _train(a, settings, log):
     """`(rows, torch_configs, torch_skipped, workers_info, mode, rss_scope, tf_facts)`."""
-    configs = cfg.expand(**{k: a[k] for k in ("archs", "methods", "precisions", "xla",
-                                              "batchnorms", "inputs", "xla_methods")})
+    backends = tuple(dict.fromkeys(a["backends"]))
+    configs = cfg.expand(backends=backends, **{
+        k: a[k] for k in ("archs", "methods", "precisions", "xla", "batchnorms", "inputs",
+                          "xla_methods")})
+    rows, memory, skipped, info, mode, scope, facts = _train_runnable(
+        a, settings, log, *_runnable(configs, a["batch_size"], log), backends)
+    return _side_by_side(rows, configs), memory, skipped, info, mode, scope, facts
+
+
+def _train_runnable(a, settings, log, configs, skipped_rows, backends):
+    """`_train`'s answer for the runnable `configs`, `skipped_rows` added to its rows."""
     envs, torch_envs = cfg.env_variants(a["worker_envs"]), cfg.env_variants(a["torch_envs"])
     torch_configs, skipped = _torch_configs(a, log)
     torch_command = original.command(a["torch_original"] or ".", a["torch_python"])
-    groups = _groups(configs, envs, torch_configs, torch_envs, torch_command)
+    groups = _groups(configs, envs, torch_configs, torch_envs, torch_command, backends)
     memory = (_memory(a, configs, torch_configs, envs, torch_envs, torch_command, settings, log)
               if torch_configs else [])
     if a["isolate"]:
-        return (_isolated(groups, settings, a["worker_timeout"], log), memory, skipped, [],
-                "isolated", "each config's own subprocess (wait4 ru_maxrss)", None)
-    if a["workers"] or torch_configs or len(envs) > 1:
+        return (_isolated(groups, settings, a["worker_timeout"], log) + skipped_rows, memory,
+                skipped, [], "isolated", "each config's own subprocess (wait4 ru_maxrss)", None)
+    if a["workers"] or torch_configs or len(envs) > 1 or backends != ("tensorflow",):
         rows, info = bench_workers(groups, start_timeout=a["worker_timeout"],
                                    window_timeout=a["worker_timeout"], log=log, **settings)
-        return (rows, memory, skipped, info, "workers",
+        return (rows + skipped_rows, memory, skipped, info, "workers",
                 "per worker process, VmHWM reset before each window", None)
     from benchmarks.train_bench import bench_train, tf_info
 
     facts = tf_info(a["intra_threads"], a["inter_threads"])
     job = {k: v for k, v in settings.items() if k not in ("intra_threads", "inter_threads")}
     rows = bench_train(configs, log=log, **job)
-    return (rows, memory, skipped, [], "in-process",
+    return (rows + skipped_rows, memory, skipped, [], "in-process",
             "whole process, VmHWM reset before each window: includes every model still "
             "resident (use --isolate for per-config figures)", facts)
 
@@ -162,7 +200,7 @@ DEFAULTS = {
     "against_torch": False, "torch_original": None, "torch_python": None,
     "torch_methods": None, "torch_envs": (), "memory_methods": None, "mix_ops": False,
     "timer": "function", "intra_threads": None, "inter_threads": None,
-    "worker_timeout": 1800.0,
+    "worker_timeout": 1800.0, "backends": ("tensorflow",),
 }
 
 
@@ -171,9 +209,9 @@ def run_benchmark(log=print, **options):
 
     Options (`DEFAULTS`): `xla_methods` limits XLA "on" to these methods;
     `worker_envs` are environment variants (`"KEY=VALUE,..."`), one worker
-    each; `against_torch` adds the PyTorch original from the checkout
-    `torch_original` for `torch_methods` (default: the methods asked for that
-    it has), one worker per `torch_envs` variant, and the peak RSS of
+    each (per Keras backend of `backends`); `against_torch` adds the PyTorch
+    original from the checkout `torch_original` for `torch_methods` (default:
+    the methods asked for that it has), one worker per `torch_envs` variant, and the peak RSS of
     `memory_methods` (default `soft_patchup`) float32, ours against the
     original's, each alone in a fresh process.
     """
@@ -182,7 +220,7 @@ def run_benchmark(log=print, **options):
         raise TypeError(f"run_benchmark() got unknown options {unknown}")
     a = {**DEFAULTS, **options}
     cfg.check_choices(**{k: a[k] for k in ("methods", "precisions", "xla", "batchnorms",
-                                           "inputs")})
+                                           "inputs", "backends")})
     start = time.perf_counter()
     machine = machine_info()
     settings = {k: a[k] for k in SETTINGS}
@@ -237,6 +275,11 @@ def _add_what(p):
     p.add_argument("--input", nargs="+", default=["batches"], choices=cfg.INPUTS, dest="inputs",
                    help="what feeds the timed step: pre-made in-memory batches, or the "
                         "trainer's train_epochs stream (end to end)")
+    p.add_argument("--backend", nargs="+", default=["tensorflow"], dest="backends",
+                   metavar="BACKEND",
+                   help=f"Keras backends ({', '.join(cfg.BACKENDS)}), each in its own worker "
+                        "process, their windows interleaved; default tensorflow (in this "
+                        "process unless --workers)")
     p.add_argument("--pipelines", nargs="*", default=["digits", "synthetic"],
                    choices=("digits", "synthetic"))
     p.add_argument("--mix_ops", action="store_true",

@@ -15,6 +15,20 @@ def synthetic_batches(batch_size, num_classes=10, distinct=2, seed=0):
     return tf.data.Dataset.from_tensor_slices((images, targets)).repeat()
 
 
+def numpy_batches(batch_size, num_classes=10, distinct=2, seed=0):
+    """`synthetic_batches` without TensorFlow: an endless generator of
+    `distinct` pre-made normalised NumPy batches (for `fit` on any backend)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((distinct, batch_size, 32, 32, 3)).astype(np.float32)
+    labels = rng.integers(0, num_classes, size=(distinct, batch_size))
+    targets = np.eye(num_classes, dtype=np.float32)[labels]
+    while True:
+        for i in range(distinct):
+            yield images[i], targets[i]
+
+
 def synthetic_cifar(n, num_classes=10, seed=0):
     """Random uint8 `(n, 32, 32, 3)` images and int64 labels."""
     import numpy as np

@@ -1,9 +1,10 @@
 """The patchup_tf worker: `python -m benchmarks.tf_worker` speaks the
-protocol of `benchmarks.workers`, one `TrainBench` per configuration."""
+protocol of `benchmarks.workers`, one `TrainBench` per configuration, on the
+Keras backend its environment's `KERAS_BACKEND` names."""
 
 import sys
 
-from benchmarks.train_bench import build_bench, tf_info
+from benchmarks.train_bench import backend_info, build_bench
 from benchmarks.workers import serve
 
 
@@ -13,7 +14,7 @@ def command(python=None):
 
 
 def info(job):
-    return tf_info(job.get("intra_threads"), job.get("inter_threads"))
+    return backend_info(job.get("intra_threads"), job.get("inter_threads"))
 
 
 def make(config, job):

@@ -45,9 +45,9 @@ def count_traces(model):
     step = model.train_step
     object.__setattr__(model, "_bench_traces", 0)
 
-    def train_step(data):
+    def train_step(*args):  # (data), or (state, data) on JAX
         object.__setattr__(model, "_bench_traces", model._bench_traces + 1)
-        return step(data)
+        return step(*args)
 
     object.__setattr__(model, "train_step", train_step)
     return model

@@ -5,14 +5,17 @@ The model is `patchup_tf.models.build`'s, compiled with `recipe()`'s
 optimizer and `jit_compile=xla`; its step is timed as `model.fit` runs it
 (`patchup_tf.steptimer.KerasSteps`). Inputs (`input=`): `"batches"` feeds
 pre-made in-memory batches (the step alone); `"trainer"` feeds the
-trainer's own stream over synthetic uint8 images (end to end).
+trainer's own stream over synthetic uint8 images (end to end). The config's
+`backend` must be the Keras backend of this process; off TensorFlow the
+batches are NumPy and nothing here imports TensorFlow.
 """
 
 import gc
+import sys
 import time
 
 from benchmarks.configs import as_config, config_label, error_row, error_text
-from benchmarks.synthetic import synthetic_batches, synthetic_cifar, trainer_stream
+from benchmarks.synthetic import numpy_batches, synthetic_batches, synthetic_cifar, trainer_stream
 from benchmarks.traces import count_traces, tf_tracing_count
 from benchmarks.windows import Timed
 
@@ -37,6 +40,8 @@ def _model(config, num_classes, seed):
 
 
 def _dataset(config, batch_size, num_classes, seed, synthetic_images):
+    if config["backend"] != "tensorflow":
+        return numpy_batches(batch_size, num_classes, seed=seed), "in-memory NumPy batches"
     if config["input"] == "trainer":
         x, y = synthetic_cifar(max(int(synthetic_images), batch_size), num_classes, seed)
         return trainer_stream(x, y, num_classes, batch_size=batch_size, seed=seed)
@@ -48,11 +53,18 @@ class TrainBench:
 
     def __init__(self, config, batch_size, warmup, timer="function", num_classes=10, seed=0,
                  synthetic_images=10000):
+        import keras
+
         from patchup_tf.steptimer import KerasSteps
 
         self.config = {**as_config(config), "batch_size": batch_size}
         self.batch_size, self.timer = batch_size, timer
-        tf_gpu_peak_mb()  # resets the GPU's peak: this config's own from here
+        if keras.backend.backend() != self.config["backend"]:
+            raise ValueError(f"this process runs Keras on {keras.backend.backend()}, not "
+                             f"backend={self.config['backend']!r}: set KERAS_BACKEND")
+        self.tf = self.config["backend"] == "tensorflow"
+        if self.tf:
+            tf_gpu_peak_mb()  # resets the GPU's peak: this config's own from here
         start = time.perf_counter()
         self.model = _model(self.config, num_classes, seed)
         self.build_s = time.perf_counter() - start
@@ -60,6 +72,7 @@ class TrainBench:
                                             synthetic_images)
         start = time.perf_counter()
         self.steps = KerasSteps(self.model, dataset, warmup=warmup, through_fit=timer == "fit")
+        self.timer = "fit" if self.steps.through_fit else timer
         self.warmup_s = time.perf_counter() - start
         self.traces_warmup = self.model._bench_traces
         self.tf_traces_warmup = tf_tracing_count(self.model)
@@ -70,17 +83,21 @@ class TrainBench:
     def result(self):
         """The configuration's facts besides its timings."""
         traces, tf_traces = self.model._bench_traces, tf_tracing_count(self.model)
+        if not (self.tf or self.model.jit_compile):  # eager: train_step runs every step
+            traces = self.traces_warmup = None
         row = {**self.config, "timer": self.timer, "input_name": self.input_name,
                # MixingModel may compile its own step while Keras' jit_compile stays off.
                "xla_effective": bool(self.model.jit_compile
                                      or getattr(self.model, "_mixing_jit", False)),
                "logits_dtype": str(self.model.outputs[0].dtype),
-               "traces": traces, "retraces": traces - self.traces_warmup,
+               "traces": traces,
+               "retraces": None if traces is None else traces - self.traces_warmup,
                "tf_function_traces": tf_traces,
                "tf_function_retraces": None if None in (tf_traces, self.tf_traces_warmup)
                else tf_traces - self.tf_traces_warmup,
-               "build_s": round(self.build_s, 2), "warmup_s": round(self.warmup_s, 2)}
-        gpu_peak = tf_gpu_peak_mb()
+               "build_s": round(self.build_s, 2), "warmup_s": round(self.warmup_s, 2),
+               "tensorflow_loaded": "tensorflow" in sys.modules}
+        gpu_peak = tf_gpu_peak_mb() if self.tf else None
         if gpu_peak is not None:
             row["gpu_peak_mb"] = gpu_peak
         return row
@@ -117,6 +134,30 @@ def tf_info(intra_threads=None, inter_threads=None):
             "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
             "intra_op_threads": threading.get_intra_op_parallelism_threads(),
             "inter_op_threads": threading.get_inter_op_parallelism_threads()}
+
+
+def backend_info(intra_threads=None, inter_threads=None):
+    """This process's Keras backend, its version and thread pools (`tf_info`
+    on TensorFlow; set here, before any op runs)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return {"backend": backend, **tf_info(intra_threads, inter_threads)}
+    if backend == "torch":
+        import torch
+
+        if intra_threads is not None:
+            torch.set_num_threads(int(intra_threads))
+        if inter_threads is not None:
+            torch.set_interop_threads(int(inter_threads))
+        return {"backend": backend, "torch": torch.__version__,
+                "torch_threads": torch.get_num_threads(),
+                "inter_op_threads": torch.get_num_interop_threads()}
+    import jax
+
+    return {"backend": backend, backend: jax.__version__,
+            "devices": [str(d) for d in jax.devices()]}
 
 
 def build_bench(config, job, log=print):

@@ -15,8 +15,9 @@ config can have its own time limit (`benchmarks.gpu_bench`). The worker
 writes the protocol on a copy of its original stdout and sends everything
 else printed to fd 1 to stderr, so library output cannot break a line.
 
-Adding a kind of worker (say, one per Keras backend, with `KERAS_BACKEND`
-in its environment) is a command plus a `make(config, job)` for `serve`.
+Adding a kind of worker is a command plus a `make(config, job)` for
+`serve`; the patchup_tf worker serves each Keras backend, the one named by
+`KERAS_BACKEND` in its environment.
 """
 
 import gc

@@ -56,10 +56,14 @@ class KerasSteps:
     The warm-up is one `model.fit(dataset, epochs=1, steps_per_epoch=warmup)`
     (tracing and compiling the step) and one call of `model.train_function`
     on the iterator the timed steps will use. With `through_fit=True`
-    `time(steps)` times one whole `fit` call of `steps` steps instead.
+    `time(steps)` times one whole `fit` call of `steps` steps instead; off
+    TensorFlow always (`train_function(iterator)` is TensorFlow's signature).
     """
 
     def __init__(self, model, dataset, *, warmup=1, through_fit=False):
+        import keras
+
+        through_fit = through_fit or keras.backend.backend() != "tensorflow"
         self.model, self.dataset, self.through_fit = model, dataset, through_fit
         self.iterator = None
         self._fit(max(1, int(warmup)))

@@ -1,7 +1,8 @@
 """The speed benchmark (`python -m benchmarks`): a `--tiny` run and its JSON,
-the worker protocol (fake workers, and a small torch model), the PyTorch
-original's glue against a fake checkout, ratios and the table, the CLI's
-checks, and the GPU script without TensorFlow."""
+each Keras backend in its own worker, the worker protocol (fake workers, and
+a small torch model), the PyTorch original's glue against a fake checkout,
+ratios and the table, the CLI's checks, and the GPU script without
+TensorFlow."""
 
 import json
 import os
@@ -110,6 +111,23 @@ def test_workers_batchnorms_trainer_input_and_mix_ops(tmp_path):
     assert "PatchUp's own ops" in stdout
 
 
+def test_each_keras_backend_in_its_own_worker(tmp_path):
+    """One real step per backend: TensorFlow, JAX and PyTorch side by side."""
+    results, stdout, _ = run_cli(tmp_path / "b.json", "--backend", "tensorflow", "jax", "torch",
+                                 "--methods", "vanilla", "--windows", "1", "--pipelines")
+    rows = {r["backend"]: r for r in results["train"]}
+    assert sorted(rows) == ["jax", "tensorflow", "torch"] and len(results["train"]) == 3
+    for backend, r in rows.items():
+        assert r["img_per_s"] > 0 and not r.get("error"), r
+        assert r["tensorflow_loaded"] == (backend == "tensorflow")
+        assert r["x_tf_img_per_s"] == pytest.approx(
+            r["img_per_s"] / rows["tensorflow"]["img_per_s"])
+    assert rows["jax"]["timer"] == rows["torch"]["timer"] == "fit"
+    assert [w["backend"] for w in results["workers"]] == ["tensorflow", "jax", "torch"]
+    assert {w["env"]["KERAS_BACKEND"] for w in results["workers"]} == set(rows)
+    assert "x tf" in stdout and " jax " in stdout and " torch " in stdout
+
+
 def test_isolate_with_environment_variants(tmp_path):
     args = ["--methods", "vanilla", "--isolate", "--pipelines",
             "--worker_env", "TF_ENABLE_ONEDNN_OPTS=0", "TF_ENABLE_ONEDNN_OPTS=1"]
@@ -135,6 +153,9 @@ def test_environment_variants():
     (["--methods", "nosuch"], "argument `methods`"),
     (["--batchnorm", "bogus"], "argument `batchnorms`"),
     (["--worker_env", "NOEQUALS"], "KEY=VALUE"),
+    (["--backend", "tensorflow", "tf"], "Invalid value received for argument `backend`. "
+                                        "Expected one of tensorflow, jax, torch. "
+                                        "Received: backend='tf'"),
     (["--against-torch"], "--torch_original PATH"),
     (["--against-torch", "--torch_original", "/no/such/checkout"], "argument `torch_original`"),
 ])
@@ -561,6 +582,42 @@ def test_ratios_and_table_from_fake_results(tmp_path):
         assert grade not in table
     report.write_results(str(tmp_path / "r.json"), results)
     assert json.loads((tmp_path / "r.json").read_text())["train"][1]["ratio_to_vanilla"] == 0.96
+
+
+def test_backend_ratios_skips_and_table():
+    def row(method, backend, rate):
+        return {**_row("patchup_tf", method, "float32", rate, 1.0), "backend": backend}
+
+    skipped = {**configs.make_config(method="soft_patchup", backend="torch"),
+               "skipped": "no XLA on torch"}
+    results = fake_results()
+    results["train"] = [row("vanilla", "tensorflow", 100.0), row("vanilla", "jax", 50.0),
+                        row("vanilla", "torch", 25.0), row("soft_patchup", "tensorflow", 80.0),
+                        row("soft_patchup", "jax", 40.0), skipped]
+    tf_v, jax_v, torch_v, tf_s, jax_s, _ = ratios.add_ratios(results)["train"]
+    assert [r["x_tf_img_per_s"] for r in (tf_v, jax_v, torch_v, tf_s, jax_s, skipped)] \
+        == [1.0, 0.5, 0.25, 1.0, 0.5, None]
+    assert jax_s["ratio_to_vanilla"] == pytest.approx(0.8)  # JAX's own vanilla
+    table = report.format_table(results)
+    assert "SKIPPED no XLA on torch" in table and " 0.25 " in table
+    assert "x_tf_img_per_s" not in ratios.add_ratios(fake_results())["train"][0]
+
+
+def test_what_a_backend_cannot_run_is_skipped():
+    expanded = configs.expand(archs=["preactresnet18"], methods=["vanilla"],
+                              precisions=["float32"], xla=["off", "on"], batchnorms=["fused"],
+                              inputs=["batches", "trainer"], backends=["tensorflow", "torch"])
+    reasons = {configs.config_label(c): configs.skip_reason(c) for c in expanded}
+    assert [k for k, v in reasons.items() if v is None] == [
+        "patchup_tf/preactresnet18/vanilla/float32/xla=off/bn=fused/in=batches",
+        "patchup_tf/preactresnet18/vanilla/float32/xla=off/bn=fused/in=batches/torch",
+        "patchup_tf/preactresnet18/vanilla/float32/xla=off/bn=fused/in=trainer",
+        "patchup_tf/preactresnet18/vanilla/float32/xla=on/bn=fused/in=batches",
+        "patchup_tf/preactresnet18/vanilla/float32/xla=on/bn=fused/in=trainer"]
+    assert "jit_compile=True" in reasons[
+        "patchup_tf/preactresnet18/vanilla/float32/xla=on/bn=fused/in=batches/torch"]
+    assert "tf.data" in reasons[
+        "patchup_tf/preactresnet18/vanilla/float32/xla=off/bn=fused/in=trainer/torch"]
 
 
 def test_config_tuples_and_labels():
