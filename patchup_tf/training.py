@@ -83,7 +83,7 @@ class MixingModel(keras.Model):
         super().__init__(*args, **kwargs)
         if method is None and method_options is None and seed is None:
             method, method_options, seed = _copied_settings(self.outputs)
-        self.method = Method(method, **dict(method_options or {}))
+        self.method = Method(method or "vanilla", **dict(method_options or {}))
         self._mixing_switch = _Switch()
         seed = check_seed(seed)
         self.seed = random.SystemRandom().randrange(2**31) if seed is None else seed

@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "helpers", "distributed_run.py")
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "helpers",
+                      "distributed_run.py")
 
 
 @pytest.fixture(scope="module")

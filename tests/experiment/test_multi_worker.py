@@ -23,7 +23,7 @@ import pytest
 
 from patchup_tf.experiment import run as experiment
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HELPERS = os.path.join(ROOT, "tests", "helpers")
 RUN_EXPERIMENT = os.path.join(HELPERS, "run_experiment.py")
 # Seconds per launch (two TF processes share 2 possibly loaded cores).

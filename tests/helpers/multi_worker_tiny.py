@@ -26,7 +26,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from patchup_tf.experiment.distributed import train_loop  # noqa: E402
-from patchup_tf.experiment.run import export_saved_model, is_chief, save_keras  # noqa: E402
+from patchup_tf.experiment.run import is_chief  # noqa: E402
+from patchup_tf.files import export_saved_model, save_keras  # noqa: E402
 from patchup_tf.optimizer import TorchSGD  # noqa: E402
 from patchup_tf.training import MixingModel  # noqa: E402
 from tests.helpers.tiny import data, tiny_model  # noqa: E402
