@@ -53,7 +53,7 @@ setup(
         # jax and torch run tests/any_backend (tests/test_backends.py). torch is
         # pinned to the CPU build tested here: a bare `torch` from PyPI pulls a
         # multi-gigabyte CUDA build.
-        "test": ["pytest", "hypothesis", "jax>=0.4.30", "torch==2.13.0"],
+        "test": ["pytest", "pytest-xdist", "hypothesis", "jax>=0.4.30", "torch==2.13.0"],
         "hub": ["keras-hub>=0.32"],
     },
     entry_points={
