@@ -65,7 +65,8 @@ def runs(tmp_path_factory):
         env = {**os.environ, "KERAS_BACKEND": backend, "XLA_FLAGS": _JAX_FLAGS,
                FOREIGN_FILE: str(folder / "tensorflow.keras"), FOREIGN_OUT: str(folder / backend)}
         procs[backend] = subprocess.Popen(
-            [sys.executable, "-c", _BLOCKED_PYTEST, "-q", "-x", "-p", "no:cacheprovider",
+            # One process (`-n 0`: no pytest-xdist workers): TensorFlow is blocked in it.
+            [sys.executable, "-c", _BLOCKED_PYTEST, "-q", "-x", "-n", "0", "-p", "no:cacheprovider",
              "-p", "no:warnings", "tests/any_backend"],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
