@@ -20,6 +20,7 @@ import pytest
 from patchup_tf.cli import sweep as sweep_cli
 from patchup_tf.experiment.config import RunConfig
 from patchup_tf.tools import sweep
+from tests.helpers.trainer import train_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FAKE = os.path.join(REPO, "tests", "helpers", "fake_train.py")
@@ -216,13 +217,6 @@ def test_interrupted_and_changed_runs_are_run_again(tmp_path, capsys, fake):
     assert "2 runs: 0 done, 2 skipped" in out, out
 
 
-def _env():
-    env = dict(os.environ)
-    env.update(TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
-    env.pop("TF_CONFIG", None)
-    return env
-
-
 def test_real_grid_killed_and_started_again(tmp_path):
     """2 methods x 2 seeds x 1 epoch on the digits; SIGKILL after the first run."""
     root = tmp_path / "runs"
@@ -232,7 +226,7 @@ def test_real_grid_killed_and_started_again(tmp_path):
                "--seed", "0", "1", "--parallel", "2"]
     console = tmp_path / "first.txt"
     with open(console, "w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=_env(),
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=train_env(),
                                 cwd=tmp_path, start_new_session=True)
     deadline = time.monotonic() + 600
     try:
@@ -250,7 +244,7 @@ def test_real_grid_killed_and_started_again(tmp_path):
     assert finished
     reports = {d: (root / d / "report.json").read_bytes() for d in finished}
 
-    again = subprocess.run(command, capture_output=True, text=True, env=_env(), cwd=tmp_path,
+    again = subprocess.run(command, capture_output=True, text=True, env=train_env(), cwd=tmp_path,
                            timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     match = re.search(r"4 runs: (\d) done, (\d) skipped \(already finished\), 0 failed",
