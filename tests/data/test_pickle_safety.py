@@ -3,19 +3,24 @@
 Each hostile file would leave a mark (a file) if anything from it ran; the
 tests check that the mark is absent and that the error names the file and
 the refused `module.name`, through `load_raw`, `make_datasets` and the
-trainer's command line (in-process).
+trainer's command line (in-process). The allow-list is pinned pair by pair,
+and hand-built files naming a dangerous global (or one close to an allowed
+name) are refused before anything runs.
 """
 
 import builtins
+import functools
 import os
 import pickle
+import shlex
 import struct
+import sys
 
 import numpy as np
 import pytest
 
 from patchup_tf.data import DataError, load_raw, make_datasets
-from patchup_tf.data.sources import _load_pickle
+from patchup_tf.data.sources import _PICKLE_GLOBALS, _load_pickle
 
 
 class _Call:
@@ -197,3 +202,118 @@ def test_every_protocol_python3_writes_loads(tmp_path, protocol):
         assert np.array_equal(got, want)
     assert loaded[b"labels"] == [3, 4] and type(loaded[b"labels"][0]) is np.int64
     assert loaded["name"] == "x" and loaded[b"empty"] == b""
+
+
+# ------------------------------------------------------- the allow-list
+def test_the_allow_list_is_exactly_what_cifar_pickles_name():
+    """Widening the list (say by `builtins.eval`) must be a visible change here."""
+    assert set(_PICKLE_GLOBALS) == {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+        ("__builtin__", "bytes"), ("builtins", "bytes"),
+    }
+
+
+def _op_global(module, name):
+    return b"c" + f"{module}\n{name}\n".encode()
+
+
+def _op_str(text):
+    raw = str(text).encode()
+    return b"X" + struct.pack("<I", len(raw)) + raw
+
+
+def _op_call(function, *args):
+    """`function(*args)` in pickle opcodes: MARK, the arguments, TUPLE, REDUCE."""
+    return function + b"(" + b"".join(args) + b"tR"
+
+
+def _hostile_opcodes(module, name, mark, tmp_path):
+    """Opcodes whose first global is `module.name` and which create `mark` when run."""
+    g = _op_global(module, name)
+    code = f"open({str(mark)!r}, 'w').close()"
+    touch = _op_str(f"touch {shlex.quote(str(mark))}")
+    marker_module = f"pickle_mark_{tmp_path.name}".replace("-", "_")
+    (tmp_path / f"{marker_module}.py").write_text(code + "\n")
+    inner = tmp_path / "inner.pkl"  # what `numpy.load(inner, None, True)` would unpickle
+    inner.write_bytes(pickle.dumps(_Call(builtins.open, str(mark), "w"), protocol=2))
+    builtin = functools.partial(_op_global, "builtins")
+    calls = {
+        "eval": lambda: _op_call(g, _op_str(code)),
+        "exec": lambda: _op_call(g, _op_str(code)),
+        "getattr": lambda: _op_call(
+            _op_call(g, _op_call(builtin("__import__"), _op_str("io")), _op_str("open")),
+            _op_str(mark), _op_str("w")),
+        "__import__": lambda: _op_call(g, _op_str(marker_module)),
+        "import_module": lambda: _op_call(g, _op_str(marker_module)),
+        "compile": lambda: (_op_call(g, _op_str(code), _op_str("<pickle>"), _op_str("exec"))
+                            + b"p0\n0" + _op_call(builtin("exec"), b"g0\n")),
+        "system": lambda: _op_call(g, touch),
+        "Popen": lambda: _op_call(g, b"(" + _op_str("touch") + _op_str(mark) + b"l"),
+        "partial": lambda: _op_call(_op_call(g, _op_global("os", "system"), touch)),
+        "open": lambda: _op_call(g, _op_str(mark), _op_str("w")),
+        "load": lambda: _op_call(g, _op_str(inner), b"N", b"\x88"),
+        "save": lambda: _op_call(g, _op_str(mark), b"(K\x01l"),
+    }
+    return marker_module, calls[name]()
+
+
+def _run_all(value):
+    """Finishes what a control load started: waits for processes, closes files."""
+    for item in value.values() if isinstance(value, dict) else [value]:
+        if hasattr(item, "wait"):
+            item.wait(timeout=60)
+        if hasattr(item, "close"):
+            item.close()
+
+
+@pytest.mark.parametrize("module, name", [
+    ("builtins", "eval"), ("builtins", "exec"), ("builtins", "getattr"),
+    ("builtins", "__import__"), ("builtins", "compile"), ("os", "system"),
+    ("posix", "system"), ("subprocess", "Popen"), ("functools", "partial"),
+    ("builtins", "open"), ("importlib", "import_module"), ("numpy", "load"),
+    ("numpy", "save"),  # an allowed module (`numpy.dtype`), another name
+])
+def test_a_global_off_the_list_is_refused_and_nothing_runs(tmp_path, fab, monkeypatch,
+                                                           module, name):
+    mark = tmp_path / "pwned.npy"
+    marker_module, payload = _hostile_opcodes(module, name, mark, tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    x, y = fab.random_set(20, 10, seed=0)
+    path = os.path.join(fab.cifar10(tmp_path / "data", x, y, x, y), "data_batch_1")
+    with open(path, "wb") as f:  # a batch dict whose b"data" is the payload
+        f.write(b"\x80\x02}" + _short(b"data") + payload + b"s.")
+    try:
+        with pytest.raises(DataError) as info:
+            load_raw("cifar10", tmp_path / "data")
+        message = str(info.value)
+        assert f"Refused to load {path}: it names the Python object {module}.{name}," \
+            in message and "Nothing from it was run" in message
+        assert not mark.exists() and marker_module not in sys.modules
+        # The control: the same file read by `pickle.load` creates the mark.
+        with open(path, "rb") as f:
+            _run_all(pickle.load(f, encoding="bytes"))
+        assert mark.exists()
+    finally:
+        sys.modules.pop(marker_module, None)
+
+
+@pytest.mark.parametrize("module, name", [
+    ("numpy", "dtypes"), ("numpy", "Dtype"), ("Numpy", "dtype"), ("numpy ", "dtype"),
+    ("numpy.core", "multiarray"), ("numpy.core.multiarray", "_reconstruct "),
+    ("numpy.core.multiarray", "_reconstruct.__globals__"), ("builtins", "bytes.fromhex"),
+    ("builtins", "bytearray"), ("codecs", "encode"), ("_codecs", "decode"),
+    ("numpy.core.numeric", "_reconstruct"), ("numpy._core", "multiarray._reconstruct"),
+])
+def test_a_name_close_to_an_allowed_one_is_refused(tmp_path, module, name):
+    """Only exact `(module, name)` pairs pass: no prefix, no case folding, no
+    attribute path below an allowed global, no allowed name in another module."""
+    path = tmp_path / "batch"
+    path.write_bytes(b"\x80\x04}" + _short(b"data") + _op_call(_op_global(module, name))
+                     + b"s.")
+    with pytest.raises(DataError) as info:
+        _load_pickle(str(path))
+    assert f"Refused to load {path}: it names the Python object {module}.{name}," \
+        in str(info.value)
