@@ -7,6 +7,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
     LONG_DESCRIPTION = f.read()
 
+TRAIN = ["tensorflow>=2.16", "tensorflow-datasets", "tensorboard", "scipy", "scikit-learn",
+         "matplotlib"]
+JAX = ["jax>=0.4.30"]
+TORCH = ["torch==2.13.0"]
+
 setup(
     name="patchup_tf",
     version="0.1.0",
@@ -37,24 +42,26 @@ setup(
     ],
     packages=find_packages(include=["patchup_tf", "patchup_tf.*"]),
     python_requires=">=3.9",
-    # The trainer writes loss/accuracy plots (matplotlib) and the quick start
-    # trains on scikit-learn's digits: both are core, not extras.
-    install_requires=[
-        "tensorflow>=2.16",
-        "keras>=3.0",
-        "tensorboard",
-        "tensorflow-datasets",
-        "numpy",
-        "scipy",
-        "scikit-learn",
-        "matplotlib",
-    ],
+    # The library (mixing ops, layers, models, MixingModel, attach) needs Keras
+    # and NumPy only and runs on any Keras backend; the trainer and its
+    # programs (patchup_tf.data, evaluation, experiment, cli, plots) need the
+    # `train` extra.
+    install_requires=["keras>=3.0", "numpy"],
     extras_require={
-        # jax and torch run tests/any_backend (tests/test_backends.py). torch is
-        # pinned to the CPU build tested here: a bare `torch` from PyPI pulls a
-        # multi-gigabyte CUDA build.
-        "test": ["pytest", "pytest-xdist", "hypothesis", "jax>=0.4.30", "torch==2.13.0"],
+        # TensorFlow, the tf.data pipelines, TFDS, the .mat reader (SVHN), the
+        # digits quick start and the plots.
+        "train": TRAIN,
+        "jax": JAX,
+        # The version the tests run. It is the CPU build only where the index
+        # serves a CPU wheel under that version (PyTorch's CPU index,
+        # `--index-url https://download.pytorch.org/whl/cpu`, or PyPI on macOS
+        # and Windows); on Linux PyPI serves the CUDA build, which pulls
+        # several gigabytes of CUDA libraries.
+        "torch": TORCH,
         "hub": ["keras-hub>=0.32"],
+        # Everything the tests use: the trainer, the JAX and PyTorch runs of
+        # tests/any_backend (tests/test_backends.py) and the test tools.
+        "test": TRAIN + JAX + TORCH + ["pytest", "pytest-xdist", "hypothesis"],
     },
     entry_points={
         "console_scripts": [

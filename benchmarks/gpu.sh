@@ -2,7 +2,7 @@
 # GPU throughput of patchup_tf against the PyTorch original, in under 8 minutes.
 #
 # Run from the repository root on a machine with one NVIDIA GPU, after
-# `pip install -e .` (TensorFlow with CUDA: `pip install "tensorflow[and-cuda]"`
+# `pip install -e ".[train]"` (TensorFlow with CUDA: `pip install "tensorflow[and-cuda]"`
 # if the plain wheel does not see the GPU; torch too, for the original):
 #
 #     OUT=/tmp/gpu_bench bash benchmarks/gpu.sh

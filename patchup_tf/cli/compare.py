@@ -32,6 +32,9 @@ def main(argv):
     missing = [d for d in args.dirs if not os.path.isdir(d)]
     if missing:
         fail(f"not a folder: {', '.join(missing)}")
+    from patchup_tf.cli.tf_logging import require_trainer
+
+    require_trainer(("matplotlib",))  # comparison.png
     try:
         result = compare(args.dirs, args.out)
     except OSError as e:

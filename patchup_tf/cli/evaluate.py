@@ -130,6 +130,9 @@ def precheck(args):
     if dataset == FOLDER and data_dir is None:
         fail("--dataset folder needs --data_dir DIR (the image folder's test/ is evaluated)")
     if args.affine_path:
+        from patchup_tf.cli.tf_logging import import_tensorflow
+
+        import_tensorflow()  # the checks of the sets need patchup_tf.evaluation
         from patchup_tf.evaluation.affine import AFFINE_SETS
         from patchup_tf.evaluation.report import EvaluationError, affine_set_paths
 
@@ -165,7 +168,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     dataset, data_dir, eps, trained = precheck(args)
     out = args.out or default_out(args.model)
+    from patchup_tf.cli.tf_logging import import_tensorflow
 
+    import_tensorflow()
     from patchup_tf.data import DataError, load_test_split
     from patchup_tf.evaluation.report import (
         EvaluationError,

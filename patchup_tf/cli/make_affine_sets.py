@@ -66,7 +66,9 @@ def main(argv=None):
         fail("--dataset folder needs --data_dir DIR (its test/<class>/ images are deformed)")
     if args.image_size is not None and (args.dataset != FOLDER or args.image_size < 1):
         fail(f"--image_size {args.image_size}: only for --dataset folder, an int >= 1")
+    from patchup_tf.cli.tf_logging import import_tensorflow
 
+    import_tensorflow()
     from patchup_tf.data import DataError, load_test_split
     from patchup_tf.evaluation.affine import AFFINE_SETS, make_all_affine_sets
 

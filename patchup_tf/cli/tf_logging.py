@@ -6,11 +6,27 @@ logging reads `TF_CPP_MIN_LOG_LEVEL`, so the variable does not silence
 them. `import_tensorflow()` imports TensorFlow with the process's standard
 error captured and writes back only the lines of the levels the variable
 keeps (0 all, 1 no INFO, 2 no WARNING, 3 no ERROR).
+
+TensorFlow and the trainer's other packages are the `train` extra, not the
+library's requirements: `require_trainer()` (called by `import_tensorflow`)
+stops a program that lacks one with an `error:` line and the `pip install`
+line that adds it.
 """
 
+import importlib.util
 import os
 import sys
 import tempfile
+
+# The `train` extra of setup.py: (import name, requirement) of each package.
+TRAINER_PACKAGES = (
+    ("tensorflow", "tensorflow>=2.16"),
+    ("tensorflow_datasets", "tensorflow-datasets"),
+    ("scipy", "scipy"),
+    ("sklearn", "scikit-learn"),
+    ("matplotlib", "matplotlib"),
+)
+INSTALL_TRAINER = 'pip install -e ".[train]"'
 
 _LEVEL_OF_PREFIX = {"I": 0, "W": 1, "E": 2}
 
@@ -26,8 +42,41 @@ def _level(line):
     return None
 
 
+def _installed(module):
+    """True if `module` can be imported (a None in sys.modules blocks it)."""
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missing_trainer_packages(modules=None):
+    """The requirements of the `train` extra whose package is not installed
+    (of those imported as `modules`, default all)."""
+    return [req for module, req in TRAINER_PACKAGES
+            if (modules is None or module in modules) and not _installed(module)]
+
+
+def require_trainer(modules=None):
+    """Stops the program (exit 2) if a package of the `train` extra is missing
+    (of those imported as `modules`, default all)."""
+    missing = missing_trainer_packages(modules)
+    if missing:
+        from patchup_tf.cli import fail
+
+        names = ", ".join(req.split(">")[0] for req in missing)
+        wanted = " ".join(f'"{req}"' if ">" in req else req for req in missing)
+        fail(f"{names} not installed (the trainer and its programs need "
+             f"{'it' if len(missing) == 1 else 'them'}): pip install {wanted}, or all the "
+             f"trainer's packages: {INSTALL_TRAINER} in the patchup_tf folder")
+
+
 def import_tensorflow():
-    """Imports TensorFlow (once), dropping the start-up lines below the level."""
+    """Imports TensorFlow (once), dropping the start-up lines below the level;
+    first stops the program if the trainer's packages are not all installed."""
+    require_trainer()
     if "tensorflow" in sys.modules:
         return
     try:

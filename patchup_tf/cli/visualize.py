@@ -233,6 +233,9 @@ def run_activations(args):
 @program
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from patchup_tf.cli.tf_logging import import_tensorflow
+
+    import_tensorflow()
     from patchup_tf.data import DataError
     from patchup_tf.evaluation.report import EvaluationError
 

@@ -93,6 +93,54 @@ def test_a_bad_flag_exits_2_before_tensorflow_loads(argv, expected):
     assert expected in proc.stderr
 
 
+def _no_tensorflow_answer(proc):
+    """The one `error:` line of a program started without TensorFlow."""
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    return proc.stderr
+
+
+def test_the_trainer_without_tensorflow_exits_2_with_the_pip_line():
+    stderr = _no_tensorflow_answer(_python(
+        BLOCK_TENSORFLOW + "from patchup_tf.cli.train import main\n"
+        "sys.exit(main(sys.argv[1:]))\n", "--dataset", "digits", "--method", "vanilla",
+        "--epochs", "1"))
+    assert stderr.startswith("error: tensorflow not installed")
+    assert 'pip install "tensorflow>=2.16"' in stderr and 'pip install -e ".[train]"' in stderr
+
+
+@pytest.mark.parametrize("name, argv", [
+    ("evaluate", ["{tmp}", "--dataset", "digits"]),
+    ("evaluate", ["{tmp}", "--dataset", "digits", "--affine_path", "{tmp}"]),
+    ("make_affine_sets", ["--dataset", "cifar100", "--affine_path", "{tmp}/sets"]),
+    ("visualize", ["curves", "{tmp}"]),
+])
+def test_each_tensorflow_program_without_it_exits_2_with_the_pip_line(tmp_path, name, argv):
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    stderr = _no_tensorflow_answer(_python(
+        BLOCK_TENSORFLOW + f"from patchup_tf.cli.{name} import main\n"
+        "sys.exit(main(sys.argv[1:]))\n", *argv))
+    assert 'pip install "tensorflow>=2.16"' in stderr
+
+
+def test_a_missing_trainer_package_is_named_before_tensorflow_loads():
+    proc = _python("import sys\nsys.modules['sklearn'] = sys.modules['matplotlib'] = None\n"
+                   "from patchup_tf.cli.train import main\n"
+                   "print(main(sys.argv[1:]), 'tensorflow' in sys.modules)\n",
+                   "--dataset", "digits")
+    assert proc.returncode == 0 and proc.stdout == "2 False\n", proc.stderr[-2000:]
+    assert proc.stderr.startswith("error: scikit-learn, matplotlib not installed")
+    assert "pip install scikit-learn matplotlib" in proc.stderr
+
+
+def test_compare_without_matplotlib_exits_2_with_the_pip_line(tmp_path):
+    proc = _python("import sys\nsys.modules['matplotlib'] = None\n"
+                   "from patchup_tf.cli import compare\nsys.exit(compare.main(sys.argv[1:]))\n",
+                   str(tmp_path))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: matplotlib not installed")
+    assert "pip install matplotlib," in proc.stderr and proc.stderr.count("\n") == 1
+
+
 def test_sweep_and_compare_run_without_tensorflow(tmp_path):
     proc = _python(BLOCK_TENSORFLOW + "from patchup_tf.cli import sweep\n"
                    "sys.exit(sweep.main(sys.argv[1:]))\n", "--root_dir", str(tmp_path),
