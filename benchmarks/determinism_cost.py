@@ -24,6 +24,7 @@ import subprocess
 import sys
 
 from benchmarks.machine import cpu_model
+from patchup_tf.cli import process_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -77,8 +78,8 @@ def _parser():
 
 def _windows(args):
     """Both workers' window answers, `{False: [...], True: [...]}`, alternated."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT + os.pathsep
-               + os.environ.get("PYTHONPATH", ""))
+    env = process_settings(dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT
+                                + os.pathsep + os.environ.get("PYTHONPATH", "")))
     if not args.gpu:
         env["CUDA_VISIBLE_DEVICES"] = ""
     passed = [a for a in sys.argv[1:] if a not in ("--gpu", "--onednn_off")]

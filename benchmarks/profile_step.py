@@ -17,7 +17,7 @@ import os
 import sys
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from patchup_tf.cli import process_settings
 
 
 def op_stats(logdir):
@@ -52,6 +52,7 @@ def main(argv=None):
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
+    process_settings()  # before TensorFlow loads
     import tensorflow as tf
 
     from benchmarks.configs import make_config

@@ -45,6 +45,7 @@ from benchmarks.interleave import bench_workers, run_isolated
 from benchmarks.machine import loadavg, machine_info, peak_rss_mb
 from benchmarks.ratios import add_ratios
 from benchmarks.report import format_table, write_results
+from patchup_tf.cli import process_settings
 
 
 def _torch_configs(a, log):
@@ -363,7 +364,7 @@ def options_from_args(args):
 
 
 def main(argv=None):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
+    process_settings()  # before TensorFlow loads
     args = build_parser().parse_args(argv)
     if args.against_torch and not args.torch_original:
         print(f"error: {original.MISSING_PATH}", file=sys.stderr)

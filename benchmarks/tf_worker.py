@@ -6,6 +6,7 @@ import sys
 
 from benchmarks.train_bench import backend_info, build_bench
 from benchmarks.workers import serve
+from patchup_tf.cli import process_settings
 
 
 def command(python=None):
@@ -22,4 +23,5 @@ def make(config, job):
 
 
 if __name__ == "__main__":
+    process_settings()  # before `info` imports TensorFlow
     sys.exit(serve(make, info))

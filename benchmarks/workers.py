@@ -30,6 +30,7 @@ import tempfile
 
 from benchmarks.configs import error_row
 from benchmarks.machine import env_settings, peak_rss_mb
+from patchup_tf.cli import process_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -113,9 +114,11 @@ class Worker:
         self.name = name
         self.stderr = tempfile.TemporaryFile(mode="w+")
         path = os.environ.get("PYTHONPATH")
-        child_env = {**os.environ, "PYTHONUNBUFFERED": "1",
-                     "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-                     "PYTHONPATH": ROOT + (os.pathsep + path if path else ""), **(env or {})}
+        # The programs' defaults (oneDNN on, quiet logs) where neither this
+        # process's environment nor the variant `env` sets them.
+        child_env = process_settings({**os.environ, "PYTHONUNBUFFERED": "1",
+                                      "PYTHONPATH": ROOT + (os.pathsep + path if path else ""),
+                                      **(env or {})})
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.stderr, env=child_env, text=True, bufsize=1)
         self.usage = None

@@ -56,6 +56,7 @@ import subprocess
 import sys
 import time
 
+from patchup_tf.cli import process_settings
 from patchup_tf.experiment import config as flags_lib
 from patchup_tf.experiment.folder import has_checkpoint
 
@@ -296,9 +297,9 @@ def _cores():
 
 
 def child_env(parallel, gpu=None, base=None):
-    """The environment of one run: threads split `parallel` ways, its GPU."""
-    env = dict(os.environ if base is None else base)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """The environment of one run: the programs' defaults (`process_settings`),
+    threads split `parallel` ways, its GPU."""
+    env = process_settings(dict(os.environ if base is None else base))
     env["PYTHONUNBUFFERED"] = "1"
     if parallel > 1:
         threads = str(max(1, _cores() // parallel))
