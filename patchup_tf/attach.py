@@ -29,6 +29,7 @@ import keras
 from patchup_tf.heads import check_logits
 from patchup_tf.layers.mixing_point import MixingPoint
 from patchup_tf.methods import NUM_POSITIONS, Method
+from patchup_tf.rules import mixing_point_name
 from patchup_tf.training import MixingModel
 
 _MAX_POINTS = NUM_POSITIONS - 1
@@ -365,11 +366,50 @@ def _point_names(model):
     taken = {layer.name for layer in _graph_layers(model)}
     names = {}
     for p in range(1, _MAX_POINTS + 1):
-        name, i = f"mixing_point_{p}", 1
+        name, i = mixing_point_name(p), 1
         while name in taken:
-            name, i = f"mixing_point_{p}_{i}", i + 1
+            name, i = f"{mixing_point_name(p)}_{i}", i + 1
         names[p] = name
     return names
+
+
+# ------------------------------------------------------------- outputs
+def layer_outputs(model, layers):
+    """The outputs of `layers` (layers of `model`'s graph, nested models
+    looked into, each called once) as tensors of `model.inputs`, so that
+    `keras.Model(model.inputs, ...)` can end on them: the graph is called
+    again with nested models flattened (the same layers, weights shared)."""
+    wanted = {id(layer) for layer in layers}
+    found = {}
+    env = {id(t): t for t in model.inputs}
+    _call_flat(model, env, wanted, found)
+    missing = [layer.name for layer in layers if id(layer) not in found]
+    if missing:
+        raise ValueError(
+            "Invalid value received for argument `layers`. Expected layers of the "
+            "model's graph with one output each (called once). Received: "
+            f"layers named {missing}"
+        )
+    return [found[id(layer)] for layer in layers]
+
+
+def _call_flat(model, env, wanted, found):
+    """Calls the layers of `model`'s graph on the tensors in `env` (`id` of
+    a tensor of the graph -> its new value); keeps the outputs of `wanted`."""
+    for node in _nodes_in_order(model):
+        layer = node.operation
+        if _is_graph_model(layer) and len(node.input_tensors) == len(layer.inputs):
+            for t, inner in zip(node.input_tensors, layer.inputs):
+                env[id(inner)] = env[id(t)]
+            _call_flat(layer, env, wanted, found)
+            outs = [env[id(t)] for t in layer.outputs]
+        else:
+            args, kwargs = node.arguments.fill_in(env)
+            outs = keras.tree.flatten(layer(*args, **kwargs))
+        for t, value in zip(node.output_tensors, outs):
+            env[id(t)] = value
+        if id(layer) in wanted and len(outs) == 1:
+            found[id(layer)] = outs[0]
 
 
 # ------------------------------------------------------------------ API

@@ -113,6 +113,14 @@ def check_position(position, low=1):
     return int(position)
 
 
+def mixing_point_name(position):
+    """The name of the `MixingPoint` at `position` (1..4) in the models built
+    here and in attached ones: `mix_{position}`. Files saved before this rule
+    may name attached points `mixing_point_{position}`: find points by their
+    `position`, not by name."""
+    return f"mix_{check_position(position)}"
+
+
 def check_seed(seed, allow_none=True):
     """A Python or NumPy int (or None); returns a Python int or None."""
     if seed is None and allow_none:

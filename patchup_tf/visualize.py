@@ -59,21 +59,54 @@ def _save_png(fig, path, dpi=100):
 
 
 # ------------------------------------------------------------------ helpers
-def mixing_layer_names(model):
-    """The names `mix_1..mix_4` of the model's mixing points, in order."""
+def _graph_layers(model):
+    """Every layer of `model`, nested models looked into, outer ones first."""
+    import keras
+
+    layers, queue = [], list(model.layers)
+    while queue:
+        layer = queue.pop(0)
+        layers.append(layer)
+        if isinstance(layer, keras.Model):
+            queue.extend(layer.layers)
+    return layers
+
+
+def _mixing_points(model):
+    """The model's `MixingPoint` layers (nested ones too), by position."""
     from patchup_tf.layers import MixingPoint
 
-    found = sorted(
-        (layer.position, layer.name) for layer in model.layers if isinstance(layer, MixingPoint)
-    )
-    return [name for _, name in found]
+    points = [layer for layer in _graph_layers(model) if isinstance(layer, MixingPoint)]
+    return sorted(points, key=lambda layer: layer.position)
+
+
+def mixing_layer_names(model):
+    """The names of the model's mixing points, by position (`mix_1..mix_4`
+    in the models built here and attached ones; nested models looked into)."""
+    return [layer.name for layer in _mixing_points(model)]
+
+
+def _named_layers(model, names):
+    """The layers called `names` (the outermost of a name), or a ValueError."""
+    by_name = {}
+    for layer in _graph_layers(model):
+        by_name.setdefault(layer.name, layer)
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        points = mixing_layer_names(model)
+        raise ValueError(
+            f"the model has no layer {', '.join(missing)} (its mixing points: "
+            f"{', '.join(points) if points else 'none'})"
+        )
+    return [by_name[n] for n in names]
 
 
 def feature_model(model, layer_names):
     """A functional sub-model from `model`'s inputs to the named layers' outputs.
 
     Args:
-        model: a functional Keras model (e.g. a `MixingModel`).
+        model: a functional Keras model (e.g. a `MixingModel`); layers of
+            nested models (an attached backbone's) may be named too.
         layer_names: a name or a list of names (e.g. `"mix_2"`).
 
     Returns:
@@ -81,17 +114,15 @@ def feature_model(model, layer_names):
     """
     import keras
 
+    from patchup_tf.attach import layer_outputs
+
     single = isinstance(layer_names, str)
-    names = [layer_names] if single else list(layer_names)
-    have = {layer.name for layer in model.layers}
-    missing = [n for n in names if n not in have]
-    if missing:
-        points = mixing_layer_names(model)
-        raise ValueError(
-            f"the model has no layer {', '.join(missing)} (its mixing points: "
-            f"{', '.join(points) if points else 'none'})"
-        )
-    outputs = [model.get_layer(n).output for n in names]
+    layers = _named_layers(model, [layer_names] if single else list(layer_names))
+    top = {id(layer) for layer in model.layers}
+    if all(id(layer) in top for layer in layers):
+        outputs = [layer.output for layer in layers]
+    else:  # inside a nested model: its graph, as tensors of the model's inputs
+        outputs = layer_outputs(model, layers)
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     return keras.Model(inputs, outputs[0] if single else outputs,
                        name=f"{model.name}_features")
@@ -116,7 +147,8 @@ def figure1_data(model, images_uint8, labels, mean, std, *, position=2, gamma=0.
     """Runs PatchUp (hard and soft, same mask) on the features of two images.
 
     Args:
-        model: a functional Keras model with a layer `mix_{position}`.
+        model: a functional Keras model with a `MixingPoint` at `position`
+            (`mix_{position}` in built and attached models).
         images_uint8: uint8 `(2, H, W, C)`: images a and b.
         labels: their two integer labels.
         mean, std: normalisation statistics (0-255 units).
@@ -144,7 +176,7 @@ def figure1_data(model, images_uint8, labels, mean, std, *, position=2, gamma=0.
     if not isinstance(position, int) or isinstance(position, bool) or not 1 <= position <= 4:
         raise ValueError(f"position must be 1..4 (PatchUp's feature-level positions), "
                          f"got {position!r}")
-    layer = f"mix_{position}"
+    layer = _point_at(model, position).name
     sub = feature_model(model, layer)
     x = normalize(images, mean, std)
     features = tf.cast(sub(tf.constant(x), training=False), tf.float32)
@@ -175,6 +207,22 @@ def figure1_data(model, images_uint8, labels, mean, std, *, position=2, gamma=0.
         gamma=float(gamma), block_size=block, lam=lam, q=float(holes.mean()), seed=seed,
         class_names=None if class_names is None else [str(c) for c in class_names],
     )
+
+
+def _point_at(model, position):
+    """The model's mixing point at `position`, whatever its name (files saved
+    before `rules.mixing_point_name` may call an attached one
+    `mixing_point_{position}`)."""
+    from patchup_tf.rules import mixing_point_name
+
+    points = [p for p in _mixing_points(model) if p.position == position]
+    if not points:
+        named = mixing_layer_names(model)
+        raise ValueError(
+            f"the model has no layer {mixing_point_name(position)} (no mixing point at "
+            f"position {position}; its mixing points: {', '.join(named) or 'none'})"
+        )
+    return points[0]
 
 
 def plot_figure1(data, path, title=None):
@@ -269,12 +317,28 @@ def activation_study(model, dataset, layer_names=None):
     Returns:
         A list of `ActivationResult`, one per layer.
     """
-    import tensorflow as tf
-
     names = list(layer_names) if layer_names is not None else mixing_layer_names(model)
     if not names:
         raise ValueError("the model has no mixing points (layers mix_1..mix_4)")
     sub = feature_model(model, names)
+    layers = _named_layers(model, names)
+    totals = _activation_sums(sub, dataset, len(names))
+    out = []
+    for i, name in enumerate(names):
+        s, a, pixels, count, shape = totals[i]
+        position = getattr(layers[i], "position", i + 1)
+        out.append(ActivationResult(
+            position=int(position), layer=name, shape=shape, num_images=count,
+            channel_sum=s / count, channel_mean=s / pixels, channel_abs_mean=a / pixels,
+        ))
+    return out
+
+
+def _activation_sums(sub, dataset, n):
+    """Per output of `sub` over `dataset`: `(channel sums, channel sums of
+    |x|, pixels, images, (h, w, c) of the first batch)`; the sizes are read
+    off the features (a model of unknown input size has no static ones)."""
+    import tensorflow as tf
 
     @tf.function(reduce_retracing=True)
     def sums(images):
@@ -285,32 +349,22 @@ def activation_study(model, dataset, layer_names=None):
         for f in outs:
             f = tf.cast(f, tf.float64)
             result.append((tf.reduce_sum(f, axis=[0, 1, 2]),
-                           tf.reduce_sum(tf.abs(f), axis=[0, 1, 2])))
+                           tf.reduce_sum(tf.abs(f), axis=[0, 1, 2]), tf.shape(f)))
         return result
 
-    total = [None] * len(names)
-    count = 0
+    totals = [None] * n
     for batch in dataset:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        for i, (s, a) in enumerate(sums(images)):
-            s, a = s.numpy(), a.numpy()
-            total[i] = (s, a) if total[i] is None else (total[i][0] + s, total[i][1] + a)
-        count += int(images.shape[0])
-    if count == 0:
+        for i, (s, a, shape) in enumerate(sums(images)):
+            s, a, (b, h, w, c) = s.numpy(), a.numpy(), (int(d) for d in shape)
+            if totals[i] is None:
+                totals[i] = (s, a, b * h * w, b, (h, w, c))
+            else:
+                t = totals[i]
+                totals[i] = (t[0] + s, t[1] + a, t[2] + b * h * w, t[3] + b, t[4])
+    if totals[0] is None:
         raise ValueError("the data set is empty")
-    out = []
-    outputs = sub.outputs
-    for i, name in enumerate(names):
-        h, w, c = (int(d) for d in outputs[i].shape[1:])
-        layer = model.get_layer(name)
-        position = getattr(layer, "position", i + 1)
-        s, a = total[i]
-        out.append(ActivationResult(
-            position=int(position), layer=name, shape=(h, w, c), num_images=count,
-            channel_sum=s / count, channel_mean=s / (count * h * w),
-            channel_abs_mean=a / (count * h * w),
-        ))
-    return out
+    return totals
 
 
 ACTIVATION_FIELDS = ("model", "position", "layer", "height", "width", "channels", "channel",

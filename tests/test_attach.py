@@ -21,6 +21,7 @@ from patchup_tf.models.applications import (
     min_input_size,
 )
 from patchup_tf.optimizer import TorchSGD
+from patchup_tf.rules import mixing_point_name
 from patchup_tf.training import MixingModel
 from tests.test_export import forbidden as random_ops
 from tests.test_export import op_types
@@ -115,7 +116,7 @@ def test_auto_points_of_resnet50v2(apps):
     model = attach(apps["ResNet50V2"], "soft_patchup", k=4, seed=0)
     backbone = model.get_layer("resnet50v2")
     for position, layer_name in enumerate(expected, start=1):
-        (node,) = [n for n in backbone.get_layer(f"mixing_point_{position}")._inbound_nodes]
+        (node,) = [n for n in backbone.get_layer(mixing_point_name(position))._inbound_nodes]
         assert node.input_tensors[0]._keras_history.operation.name == layer_name
     assert "conv2_block1_1_conv" not in cuts  # inside a residual branch
     assert "conv1_pad" in cuts  # a cut point, but larger than before: skipped by auto

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from patchup_tf.attach import attach
 from patchup_tf.layers import MixingPoint
 from patchup_tf.training import MixingModel
 from patchup_tf.visualize import (
@@ -149,6 +150,57 @@ def test_activation_study_needs_mixing_points():
         activation_study(plain, [np.zeros((1, 8, 8, 3), np.float32)])
     with pytest.raises(ValueError, match="no layer mix_1"):
         feature_model(plain, "mix_1")
+
+
+def _attached(input_shape=(32, 32, 3)):
+    """A MixingModel from `attach`: its points inside a nested backbone."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(3, 3, padding="same", activation="relu", name="stem")(inputs)
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="s1")(x)
+    x = keras.layers.Conv2D(6, 3, strides=2, padding="same", activation="relu", name="s2")(x)
+    backbone = keras.Model(inputs, x, name="backbone")
+    original = keras.Sequential([keras.Input(input_shape), backbone,
+                                 keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(5)])
+    return attach(original, "soft_patchup", k=3, seed=0), backbone
+
+
+@pytest.mark.parametrize("input_shape", [(32, 32, 3)])
+def test_figure1_and_activations_of_an_attached_model(input_shape):
+    model, backbone = _attached(input_shape)
+    assert mixing_layer_names(model) == ["mix_1", "mix_2", "mix_3"]
+    images = _images(2)
+    x = (images.astype(np.float32) - np.float32(MEAN)) / np.float32(STD)
+    data = figure1_data(model, images, [1, 3], MEAN, STD, position=2, gamma=0.6, lam=0.3)
+    s1 = keras.Model(backbone.input, backbone.get_layer("s1").output)(x).numpy()
+    assert data.layer == "mix_2" and data.block_size == 5
+    np.testing.assert_allclose(data.features, s1, rtol=1e-5, atol=1e-6)
+    results = activation_study(model, tf.data.Dataset.from_tensor_slices(x).batch(1))
+    assert [(r.position, r.layer, r.shape) for r in results] == [
+        (1, "mix_1", (32, 32, 3)), (2, "mix_2", (16, 16, 4)), (3, "mix_3", (8, 8, 6))]
+    np.testing.assert_allclose(results[1].channel_mean, s1.mean(axis=(0, 1, 2)), rtol=1e-5)
+
+
+def test_points_saved_under_the_old_attach_names_are_found(tmp_path):
+    """`.keras` files saved before `mixing_point_name` call attached points
+    `mixing_point_{p}`: the tools find points by position."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(3, 3, padding="same", name="stem")(inputs)
+    x = MixingPoint(1, name="mixing_point_1")(x)
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same", name="s1")(x)
+    x = MixingPoint(2, name="mixing_point_2")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    MixingModel(inputs, keras.layers.Dense(5)(x), seed=0).save(tmp_path / "old.keras")
+    model = keras.models.load_model(tmp_path / "old.keras")
+    data = figure1_data(model, _images(2), [0, 1], MEAN, STD, position=2)
+    assert data.layer == "mixing_point_2" and data.features.shape == (2, 16, 16, 4)
+    with pytest.raises(ValueError, match="no layer mix_3.*mixing_point_1, mixing_point_2"):
+        figure1_data(model, _images(2), [0, 1], MEAN, STD, position=3)
+    x = (_images(3).astype(np.float32) - np.float32(MEAN)) / np.float32(STD)
+    results = activation_study(model, [x])
+    assert [(r.position, r.layer) for r in results] == [(1, "mixing_point_1"),
+                                                        (2, "mixing_point_2")]
 
 
 def test_replot_curves(tmp_path):

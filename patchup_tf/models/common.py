@@ -7,6 +7,7 @@ from keras import layers
 
 from patchup_tf.layers import MixingPoint
 from patchup_tf.models.batchnorm import FusedBatchNorm
+from patchup_tf.rules import mixing_point_name
 
 BN_EPSILON = 1e-5  # PyTorch's default
 BN_MOMENTUM = 0.9  # Keras' convention for PyTorch's momentum=0.1
@@ -81,9 +82,9 @@ def build_backbone(stem_fn, stage_fns, head_fn, input_shape, name):
     Returns `(inputs, logits)` of a functional graph.
     """
     inputs = keras.Input(input_shape, name="images")
-    x = MixingPoint(1, name="mix_1")(stem_fn(inputs))
+    x = MixingPoint(1, name=mixing_point_name(1))(stem_fn(inputs))
     for i, stage_fn in enumerate(stage_fns, start=1):
         x = stage_fn(x)
         if i + 1 <= 4:
-            x = MixingPoint(i + 1, name=f"mix_{i + 1}")(x)
+            x = MixingPoint(i + 1, name=mixing_point_name(i + 1))(x)
     return inputs, head_fn(x)
