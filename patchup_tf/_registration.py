@@ -18,6 +18,7 @@ import importlib.util
 import sys
 
 SERIALIZABLE_MODULES = (
+    "patchup_tf.any_size",
     "patchup_tf.layers.dropblock",
     "patchup_tf.layers.mixing_point",
     "patchup_tf.layers.patchup",

@@ -26,6 +26,7 @@ first three resolution stages.
 
 import keras
 
+from patchup_tf.any_size import AnySizeMixingModel
 from patchup_tf.heads import check_logits
 from patchup_tf.layers.mixing_point import MixingPoint
 from patchup_tf.methods import NUM_POSITIONS, Method
@@ -33,6 +34,9 @@ from patchup_tf.rules import mixing_point_name
 from patchup_tf.training import MixingModel
 
 _MAX_POINTS = NUM_POSITIONS - 1
+_PROBE_SIDE = 224
+"""The image side at which 'auto' reads a model of unknown input size (the
+ImageNet backbones' own): where the stages end does not depend on it."""
 
 
 # ------------------------------------------------------------------ graph
@@ -87,13 +91,33 @@ def _nodes_in_order(model):
 class _Vertex:
     """One tensor of the flattened graph (nested models looked into)."""
 
-    __slots__ = ("index", "shape", "layer", "out")
+    __slots__ = ("index", "shape", "layer", "out", "probe")
 
-    def __init__(self, index, shape, layer):
+    def __init__(self, index, shape, layer, probe=None):
         self.index = index  # a topological position
         self.shape = tuple(shape)
         self.layer = layer  # the layer whose output it is; None for the input
         self.out = []  # indices of the vertices computed from this one
+        self.probe = probe  # its shape on a `_PROBE_SIDE` input (None: not probed)
+
+
+def _probe_shapes(node, ins):
+    """The shapes of `node`'s outputs when its inputs have the vertices'
+    `probe` shapes (Keras' shape inference, as `keras.Model` runs its
+    graph); Nones where not probed or the layer cannot tell."""
+    unknown = [None] * len(node.output_tensors)
+    if not ins or any(v.probe is None for v in ins):
+        return unknown
+    given = {id(t): keras.KerasTensor(v.probe, dtype=t.dtype)
+             for t, v in zip(node.input_tensors, ins)}
+    args, kwargs = node.arguments.fill_in(given)
+    try:
+        specs = keras.tree.flatten(node.operation.compute_output_spec(*args, **kwargs))
+    except Exception:  # any layer's own error: its sizes stay unknown
+        return unknown
+    if len(specs) != len(unknown):
+        return unknown
+    return [tuple(spec.shape) for spec in specs]
 
 
 class _Graph:
@@ -101,17 +125,23 @@ class _Graph:
 
     The output of a nested model's call is the tensor its last layer
     computed, so a point "after the backbone" goes inside the backbone.
+    With `probe`, a model whose input size is unknown is also read on
+    `_PROBE_SIDE`-square images: each vertex's `probe` shape.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, probe=False):
         self.vertices = []
         self.calls = {}  # id(layer) -> number of calls in the whole graph
         self.names = {}  # name -> list of vertices (models: their output)
-        (source,) = self.inputs = [self._new(t.shape, None) for t in model.inputs]
+        (t,) = model.inputs
+        shape = tuple(t.shape)
+        probing = probe and None in shape[1:3]
+        side = (shape[0], _PROBE_SIDE, _PROBE_SIDE, *shape[3:])
+        (source,) = self.inputs = [self._new(shape, None, side if probing else None)]
         self.outputs = self._walk(model, [source])
 
-    def _new(self, shape, layer):
-        vertex = _Vertex(len(self.vertices), shape, layer)
+    def _new(self, shape, layer, probe=None):
+        vertex = _Vertex(len(self.vertices), shape, layer, probe)
         self.vertices.append(vertex)
         return vertex
 
@@ -124,7 +154,9 @@ class _Graph:
             if _is_graph_model(layer) and len(ins) == len(layer.inputs):
                 outs = self._walk(layer, ins)
             else:
-                outs = [self._new(t.shape, layer) for t in node.output_tensors]
+                probes = _probe_shapes(node, ins)
+                outs = [self._new(t.shape, layer, p)
+                        for t, p in zip(node.output_tensors, probes)]
                 for a in ins:
                     a.out.extend(v.index for v in outs)
             for t, v in zip(node.output_tensors, outs):
@@ -198,6 +230,11 @@ def _spatial(vertex):
     return tuple(vertex.shape[1:3])
 
 
+def _probed(vertex):
+    """Its spatial size; on the probe images if the model's is unknown."""
+    return _spatial(vertex) if vertex.probe is None else tuple(vertex.probe[1:3])
+
+
 def _has_kernel(layer):
     return layer is not None and any(
         "kernel" in v.name for v in getattr(layer, "weights", [])
@@ -218,30 +255,30 @@ def _describe(vertices):
 
 
 def _size(vertex):
-    h, w = _spatial(vertex)
-    return f"{h}x{w}"
+    return "x".join("?" if side is None else str(side) for side in _spatial(vertex))
 
 
 def _auto_vertices(graph):
     """The last cut point of each of the first four spatial sizes."""
     (source,) = graph.inputs
     cuts = _candidates(graph)
-    if any(None in _spatial(v) for v in cuts):
+    if any(None in _probed(v) for v in cuts):
         raise ValueError(
             "Invalid value received for argument `points`. 'auto' reads the "
-            "feature-map sizes, and this model's are unknown. Build it with a "
-            "fixed input size (e.g. `input_shape=(64, 64, 3)`) or pass the "
-            "layer names. Received: points='auto'"
+            "feature-map sizes, and this model's are unknown (even on "
+            f"{_PROBE_SIDE}x{_PROBE_SIDE} images). Build it with a fixed input "
+            "size (e.g. `input_shape=(64, 64, 3)`) or pass the layer names. "
+            "Received: points='auto'"
         )
     cut = {v.index for v in cuts}
-    last = _spatial(source)
+    last = _probed(source)
     groups = []  # [(size, last vertex of that size)]
     started = False
     for v in graph.vertices:
         started = started or _has_kernel(v.layer)
         if v.index not in cut:
             continue
-        size = _spatial(v)
+        size = _probed(v)
         if any(s is not None and l is not None and s > l for s, l in zip(size, last)):
             continue  # larger than before (zero padding): not a stage end
         last = size
@@ -445,12 +482,16 @@ def attach(model, method="soft_patchup", points="auto", seed=None, **method_opti
     Returns:
         A `MixingModel` sharing `model`'s layers and weights: frozen layers
         stay frozen, `predict`, `evaluate`, `save` and `export` see the
-        plain network. Compile it with an optimizer only.
+        plain network. Compile it with an optimizer only. For a model of
+        unknown input size (`keras.Input((None, None, 3))`) an
+        `AnySizeMixingModel`: it trains on batches of any one image size,
+        the blocks sized from each batch's feature maps, and 'auto' finds
+        the stage ends on `_PROBE_SIDE`-square (224) images.
     """
     method_obj = Method(method, **method_options)  # validates method and options
     _check_model(model)
     check_logits(model)
-    graph = _Graph(model)
+    graph = _Graph(model, probe=isinstance(points, str) and points == "auto")
     needed = len(method_obj.hidden_positions)
     if isinstance(points, str) and points == "auto":
         found = _auto_vertices(graph) if needed else []
@@ -474,7 +515,8 @@ def attach(model, method="soft_patchup", points="auto", seed=None, **method_opti
     positions = {id(v.layer): p for p, v in enumerate(chosen, start=1)}
     clone = _rewrite(model, positions, _point_names(model))
     (inputs,), (outputs,) = clone.inputs, clone.outputs
-    return MixingModel(
+    known = None not in tuple(inputs.shape[1:3])
+    return (MixingModel if known else AnySizeMixingModel)(
         inputs, outputs, method=method, method_options=method_options, seed=seed,
         name=model.name,
     )

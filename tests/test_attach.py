@@ -23,6 +23,8 @@ from patchup_tf.models.applications import (
 from patchup_tf.optimizer import TorchSGD
 from patchup_tf.rules import mixing_point_name
 from patchup_tf.training import MixingModel
+from tests.any_backend.test_attach_any_size import any_size_cnn
+from tests.any_backend.test_attach_any_size import batch as any_size_batch
 from tests.test_export import forbidden as random_ops
 from tests.test_export import op_types
 
@@ -242,6 +244,24 @@ def test_frozen_backbone_stays_frozen():
     mixed, state, targets = logits_under(model, x[:4], (2,))
     clean, _, _ = logits_under(model, x[:4], ())
     assert np.abs(mixed - clean).max() > 1e-4
+
+
+def test_tensorflow_keeps_one_step_per_image_size():
+    """Keras would trace a second size with the sizes unknown; the attached
+    model of unknown size keeps a step per size, and names the fix when the
+    batches' size is unknown even to the data set."""
+    model = compiled(attach(any_size_cnn(), "soft_patchup", seed=0), run_eagerly=False)
+    for size in (32, 40, 32):
+        x, y = any_size_batch(size)
+        assert np.isfinite(model.fit(x, y, batch_size=4, verbose=0).history["loss"]).all()
+    assert sorted(model.train_function.functions) == [(32, 32), (40, 40)]
+    spec = (tf.TensorSpec((None, None, None, 3), tf.float32), tf.TensorSpec((None,), tf.int32))
+    unsized = tf.data.Dataset.from_generator(lambda: iter([(x, y)]), output_signature=spec)
+    with pytest.raises(ValueError, match=r"'soft_patchup' sizes its blocks.*Resize the images "
+                                         r"to one size.*Received: batches of images \?x\?"):
+        model.fit(unsized, verbose=0)
+    mixup = compiled(attach(any_size_cnn(), "manifold_mixup", seed=0), run_eagerly=False)
+    assert np.isfinite(mixup.fit(unsized, verbose=0).history["loss"]).all()
 
 
 # ------------------------------------------------------- inference and files

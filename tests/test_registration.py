@@ -8,8 +8,8 @@ import pytest
 
 from tests.helpers.trainer import REPO
 
-EXPECTED = ["patchup>DropBlock", "patchup>FusedBatchNorm", "patchup>MixingModel",
-            "patchup>MixingPoint", "patchup>PatchUp", "patchup>TorchSGD"]
+EXPECTED = ["patchup>AnySizeMixingModel", "patchup>DropBlock", "patchup>FusedBatchNorm",
+            "patchup>MixingModel", "patchup>MixingPoint", "patchup>PatchUp", "patchup>TorchSGD"]
 
 
 @pytest.mark.parametrize("first", [

@@ -165,7 +165,7 @@ def _attached(input_shape=(32, 32, 3)):
     return attach(original, "soft_patchup", k=3, seed=0), backbone
 
 
-@pytest.mark.parametrize("input_shape", [(32, 32, 3)])
+@pytest.mark.parametrize("input_shape", [(32, 32, 3), (None, None, 3)])
 def test_figure1_and_activations_of_an_attached_model(input_shape):
     model, backbone = _attached(input_shape)
     assert mixing_layer_names(model) == ["mix_1", "mix_2", "mix_3"]
