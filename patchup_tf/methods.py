@@ -160,8 +160,10 @@ class Method:
         low = 1 if law == "one_of_1_k" else 0
         return ops.equal(positions, draws.randint((), s_pos, low, o["k"] + 1))
 
-    def draw_plan(self, seed, batch_size):
-        """Draws the batch's plan from `seed` (int32[2]).
+    def draw_plan(self, seed, batch_size, groups=1):
+        """Draws the batch's plan from `seed` (int32[2]); with `groups > 1`
+        partners are drawn within each of `groups` equal consecutive parts
+        of the batch (`mixing.permutation`).
 
         Returns a dict of tensors: `apply` (bool, is this a mixing step),
         `active` (bool[5], the positions that act), `lam` (float32; `(N,)`,
@@ -191,7 +193,7 @@ class Method:
             lam = ops.where(active[0], mixing.beta(input_alpha, s_lam0, shape), hidden)
         else:
             lam = mixing.beta(input_alpha, s_lam, shape)
-        perm = mixing.permutation(batch_size, s_perm)
+        perm = mixing.permutation(batch_size, s_perm, groups=groups)
         return {"apply": apply, "active": active, "lam": lam, "perm": perm, "seed": s_mix,
                 **plan}
 

@@ -31,7 +31,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from patchup_tf import draws
+from patchup_tf import backend, draws
 from patchup_tf.draws import rank
 from patchup_tf.rules import (
     check_alpha,
@@ -75,15 +75,6 @@ Fields:
         return cls(features, targets, targets, targets, ops.convert_to_tensor(1.0, "float32"))
 
 
-def _wide_float():
-    """float64 where the backend has it (not JAX without `jax_enable_x64`)."""
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return "float64" if jax.config.read("jax_enable_x64") else "float32"
-    return "float64"
-
-
 def shares(count, size):
     """`(q, u)` float32: `q = count / size`, `u = 1 - q`, for an integer
     `count` (a tensor) of `size` (> 0) elements.
@@ -95,7 +86,7 @@ def shares(count, size):
     (`rounded_quotient`), which equal the float64 route's for sizes below
     2**24.
     """
-    if _wide_float() == "float64":
+    if backend.current().wide_float() == "float64":
         q64 = ops.cast(count, "float64") / ops.cast(size, "float64")
         return ops.cast(q64, "float32"), ops.cast(1.0 - q64, "float32")
     count = ops.cast(count, "int32")
@@ -208,9 +199,25 @@ def beta(alpha, seed, shape=()):
     return ops.divide_no_nan(g1, g1 + g2)
 
 
-def permutation(n, seed):
-    """A uniformly random permutation of `0..n-1` (int32), from `seed`."""
-    return draws.argsort(uniform([n], seed))
+def permutation(n, seed, groups=1):
+    """A uniformly random permutation of `0..n-1` (int32), from `seed`: the
+    stable argsort of `n` uniform keys.
+
+    With `groups > 1` (dividing `n`) it permutes within each of `groups`
+    consecutive equal blocks only (block `g`: the argsort of its own keys,
+    offset by its start), so no index leaves its block; `groups=1` is the
+    plain permutation of the same keys.
+    """
+    keys = uniform([n], seed)
+    if groups == 1:
+        return draws.argsort(keys)
+    if n % groups:
+        raise ValueError(f"Cannot split a batch of {n} into {groups} equal groups; give a "
+                         f"batch size that is a multiple of {groups}.")
+    size = n // groups
+    within = draws.argsort(ops.reshape(keys, (groups, size)))
+    starts = ops.reshape(ops.arange(0, n, size, dtype="int32"), (groups, 1))
+    return ops.reshape(within + starts, (n,))
 
 
 def _mix_targets(targets, perm, lam):
@@ -244,7 +251,7 @@ def cutmix_box(height, width, lam, seed):
     # float64, as the reference's NumPy: in float32 `side * ratio` can fall
     # just below an integer that float64 reaches, and the cut loses a pixel
     # (on JAX without float64, about once in a million draws).
-    wide = _wide_float()
+    wide = backend.current().wide_float()
     ratio = ops.sqrt(1.0 - ops.cast(ops.cast(lam, "float32"), wide))
     cut_h = ops.cast(ops.floor(ops.cast(height, wide) * ratio), "int32")
     cut_w = ops.cast(ops.floor(ops.cast(width, wide) * ratio), "int32")

@@ -12,6 +12,8 @@ import math
 import numbers
 from typing import Optional, Tuple
 
+import numpy as np
+
 NUM_POSITIONS = 5  # 0 = input images, 1 = after the stem, 2..4 = after stages 1..3
 DATASETS = ("cifar10", "cifar100", "svhn", "digits", "folder")
 FOLDER = "folder"  # a user's images, one sub-folder per class (`--data_dir DIR`)
@@ -152,6 +154,28 @@ def check_eps_list(eps_list):
     return values
 
 
+def label_checks(k):
+    """`(message, is_bad(labels))` of the class-label checks, in order, for a
+    model with `k` classes (`labels`: a NumPy array or a tensor)."""
+    return (
+        ("Invalid labels: integer class labels are expected, received non-integral float "
+         "labels (pass one-hot or soft targets of shape (N, K) for soft labels)",
+         lambda v: v != np.round(v)),
+        (f"Invalid labels: expected class labels in [0, {k}), received a negative label",
+         lambda v: v < 0),
+        (f"Invalid labels: expected class labels in [0, {k}) for a model with {k} outputs, "
+         "received a larger label", lambda v: v >= k),
+    )
+
+
+def check_labels(values, k):
+    """Raises the first of `label_checks(k)` that the labels `values` fail."""
+    values = np.asarray(values)
+    for message, is_bad in label_checks(k):
+        if np.any(is_bad(values)):
+            raise ValueError(message)
+
+
 def check_patchup_mode(mode):
     if mode not in PATCHUP_MODES:
         raise invalid("mode", "one of 'soft', 'hard'", mode)
@@ -266,6 +290,9 @@ OPTIONS = {
                               "eps: targets (1 - eps) y + eps / K before any mixing (0)"),
     "per_sample": Option(_check_bool("per_sample"), "--per_sample",
                          "draw lam, boxes and masks per image instead of per batch (False)"),
+    "pairing": Option(lambda v, m: check_choice("pairing", v, PAIRINGS), "--pairing",
+                      "with several replicas: replica (a plan and partners per replica) or "
+                      "global (one plan; partners from the whole global batch)"),
     "prob": Option(lambda v, m: check_prob("prob", v, allow_zero=True), "--prob",
                    "probability of a mixing step"),
     "switch_prob": Option(lambda v, m: check_prob("switch_prob", v, allow_zero=True),
@@ -278,7 +305,10 @@ OPTIONS = {
 }
 """Every method option, by its Python name."""
 
-COMMON_DEFAULTS = {"loss": "bce", "label_smoothing": 0.0}
+PAIRINGS = ("replica", "global")
+"""Where a sample's partner comes from when several replicas train one batch."""
+
+COMMON_DEFAULTS = {"loss": "bce", "label_smoothing": 0.0, "pairing": "replica"}
 """Options every method takes."""
 
 

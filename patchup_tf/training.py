@@ -4,9 +4,10 @@
 outputs`, as `keras.Model`). Each training step draws the batch's plan once,
 mixes the input images (position 0), lets the model's `MixingPoint` layers
 mix hidden features, and `compute_loss` forms the method's loss from the
-targets the mixing produced. On JAX and PyTorch the step is Keras' own
-(`train_step` only opens the batch's mixing context around it); on
-TensorFlow the step is this module's, so that the plan's Beta draws (which
+targets the mixing produced. What differs per backend (the step itself,
+its compilation, the switch, the label check) is in `patchup_tf.backend`:
+on JAX and PyTorch the step is Keras' own run inside the batch's mixing
+context; on TensorFlow the library's, so that the plan's Beta draws (which
 have no XLA kernel) stay outside the XLA-compiled part and `MirroredStrategy`
 replicas scale their losses. `predict`, `evaluate`, `save` and `export` see
 the plain network. The recipe (PyTorch's SGD, the step schedule) is here too.
@@ -19,14 +20,14 @@ import random
 import sys
 
 import keras
-import numpy as np
 from keras import ops
 
-from patchup_tf import draws
+from patchup_tf import backend, draws
 from patchup_tf.heads import check_logits
 from patchup_tf.layers.mixing_point import (
     MixingContext,
     MixingPoint,
+    ReplicaShare,
     current_context,
     mixing_context,
 )
@@ -40,19 +41,6 @@ def _mixing_positions(model):
     return sorted(
         layer.position for layer in model._flatten_layers() if isinstance(layer, MixingPoint)
     )
-
-
-def _tf():
-    import tensorflow as tf  # only ever under the TensorFlow backend
-
-    return tf
-
-
-def _replicas():
-    """The number of replicas a step's loss is shared by (TF's strategy)."""
-    if not draws.on_tensorflow():
-        return 1
-    return _tf().distribute.get_strategy().num_replicas_in_sync
 
 
 @keras.saving.register_keras_serializable(package="patchup")
@@ -69,7 +57,9 @@ class MixingModel(keras.Model):
         method_options: dict of that method's options (`alpha, gamma,
             patchup_prob, block_size, cutmix_prob, cutout, keep_prob,
             dropblock_all, k, loss, loss_params, label_smoothing,
-            per_sample, ...`); unset ones take the paper's settings.
+            per_sample, pairing, ...`); unset ones take the paper's settings.
+            `pairing` (`"replica"`, the default, or `"global"`) says where
+            partners come from when several replicas train one batch.
         seed: int; the per-step plans are a pure function of `(seed, step,
             replica)` (the step: the optimizer's `iterations`, saved with
             it), so a seed reproduces a run, across restarts too.
@@ -84,7 +74,7 @@ class MixingModel(keras.Model):
         if method is None and method_options is None and seed is None:
             method, method_options, seed = _copied_settings(self.outputs)
         self.method = Method(method or "vanilla", **dict(method_options or {}))
-        self._mixing_switch = _Switch()
+        self._mixing_switch = backend.current().Switch()
         seed = check_seed(seed)
         self.seed = random.SystemRandom().randrange(2**31) if seed is None else seed
         check_logits(self)
@@ -117,10 +107,8 @@ class MixingModel(keras.Model):
         if not isinstance(enabled, bool):
             raise ValueError("Invalid value received for argument `enabled`. Expected True or "
                              f"False. Received: enabled={enabled!r}")
-        changed = self._mixing_switch.set(enabled)
-        if changed and keras.backend.backend() == "jax" and self.train_function is not None:
-            # JAX's compiled step holds the switch as a constant.
-            self.make_train_function(force=True)
+        if self._mixing_switch.set(enabled):
+            backend.current().switch_changed(self)
 
     def _switched(self, plan):
         """`plan` with `apply` and `active` forced False while mixing is off."""
@@ -144,7 +132,7 @@ class MixingModel(keras.Model):
         y = ops.convert_to_tensor(y)
         shape = tuple(y.shape)
         if len(shape) == 1 or (len(shape) == 2 and shape[-1] == 1 and k != 1):
-            labels = _checked_labels(ops.reshape(y, (-1,)), k)
+            labels = backend.current().checked_labels(ops.reshape(y, (-1,)), k)
             return ops.one_hot(labels, k, dtype="float32")
         if len(shape) != 2 or shape[-1] != k:
             raise ValueError(
@@ -171,23 +159,49 @@ class MixingModel(keras.Model):
             return x
         return ops.cast(x, "float32")
 
+    @property
+    def pairing(self):
+        """`"replica"` or `"global"` (the `pairing` method option)."""
+        return self.method.options["pairing"]
+
+    def _share(self):
+        """The `ReplicaShare` a step of this replica mixes through, or None.
+
+        `"global"` pairing with several replicas (TensorFlow's strategies):
+        the mixing points gather every replica's share and mix the global
+        batch by one plan. Otherwise each step mixes the batch it sees.
+        """
+        if self.pairing != "global" or backend.current().replicas_in_sync() == 1:
+            return None
+        return ReplicaShare(backend.current())
+
     def step_seed(self, step=None):
         """int32[2] seed of this step and replica: `f(seed, iterations, replica)`
-        (`step`: the iterations, default the optimizer's)."""
+        (`step`: the iterations, default the optimizer's; the replica: its
+        id with `"replica"` pairing, 0 with `"global"`)."""
         step = self.optimizer.iterations if step is None else step
-        return draws.step_seed(self.seed, step)
+        replica = backend.current().replica_id() if self.pairing == "replica" else 0
+        return draws.step_seed(self.seed, step, replica)
 
     def draw_plan(self, x, seed=None):
-        """The batch's plan (see `Method.draw_plan`), from `step_seed()` by default."""
-        return self.method.draw_plan(
-            self.step_seed() if seed is None else seed, ops.shape(x)[0]
-        )
+        """The batch's plan (see `Method.draw_plan`), from `step_seed()` by
+        default: for the global batch when the step mixes it whole (`"global"`
+        pairing across replicas), and with partners within each device's
+        shard when the step sees several (`"replica"` pairing under
+        `keras.distribution`)."""
+        seed = self.step_seed() if seed is None else seed
+        size = ops.shape(x)[0]
+        if self._share() is not None:
+            return self.method.draw_plan(seed, size * backend.current().replicas_in_sync())
+        groups = backend.current().shards_in_batch() if self.pairing == "replica" else 1
+        return self.method.draw_plan(seed, size, groups=groups)
 
     @contextlib.contextmanager
-    def _mixing(self, x, targets, plan, weighted=False):
+    def mixing(self, x, targets, plan, weighted=False):
         """Opens the step's `MixingContext`; yields the images mixed at
         position 0 (where the plan says), for the network to be called on."""
-        context = MixingContext(self.method, plan, targets, weighted=weighted)
+        context = MixingContext(self.method, plan, targets, weighted=weighted,
+                                share=self._share())
         x = context.mix(0, x)
         with mixing_context(context):
             yield x
@@ -199,12 +213,12 @@ class MixingModel(keras.Model):
         the network received (mixed at position 0 where the plan says), its
         targets and `u` what the loss reads after every position.
         """
-        with self._mixing(x, targets, plan) as x:
+        with self.mixing(x, targets, plan) as x:
             logits = self(x, training=True)
-            result = current_context().result
+            result = current_context().local_result
         return logits, result._replace(features=x)
 
-    def _step_inputs(self, data, step=None):
+    def step_inputs(self, data, step=None):
         """`(images, targets, plan, weighted, (x, y, sample_weight))` of a batch.
 
         Sample weights (from `sample_weight` or `class_weight`) travel with
@@ -230,64 +244,26 @@ class MixingModel(keras.Model):
         cross-entropy on the clean labels."""
         context = current_context()
         if training and context is not None:
-            return self.method.loss(y_pred, context.targets, context.result, context.plan,
-                                    weighted=context.weighted)
+            return self.method.loss(y_pred, context.targets, context.local_result,
+                                    context.plan, weighted=context.weighted)
         weights = None if sample_weight is None else ops.cast(sample_weight, "float32")
         # Keras' TensorFlow step multiplies by the replicas it divides by here.
-        return softmax_ce(y_pred, self._targets(y), sample_weight=weights) / _replicas()
+        return (softmax_ce(y_pred, self._targets(y), sample_weight=weights)
+                / backend.current().replicas_in_sync())
 
     def train_step(self, *args):
-        """One mixed step: the plan, the mixing, the method's loss, the update.
+        """One mixed step: the plan, the mixing, the method's loss, the update
+        (the backend's step, `patchup_tf.backend`). The metrics see the
+        labels as passed and the logits."""
+        return backend.current().train_step(self, super().train_step, *args)
 
-        The metrics see the labels as passed and the logits. On JAX
-        (`args = (state, data)`) and PyTorch, Keras' own step runs inside
-        the batch's mixing context; on TensorFlow, `_tf_train_step`.
-        """
-        if draws.on_tensorflow():
-            return self._tf_train_step(*args)
-        *state, data = args
-        step = _iterations_in(self.optimizer, *state)
-        images, targets, plan, weighted, (_, y, sample_weight) = self._step_inputs(data, step)
-        with self._mixing(images, targets, plan, weighted) as mixed:
+    def keras_step_mixed(self, keras_step, step, data, state=()):
+        """Keras' own `keras_step(*state, data)` run on the batch's mixed
+        images inside its mixing context (`step`: the plan's step)."""
+        images, targets, plan, weighted, (_, y, sample_weight) = self.step_inputs(data, step)
+        with self.mixing(images, targets, plan, weighted) as mixed:
             data = keras.utils.pack_x_y_sample_weight(mixed, y, sample_weight)
-            return super().train_step(*state, data)
-
-    def _tf_train_step(self, data):
-        images, targets, plan, weighted, (x, y, sample_weight) = self._step_inputs(data)
-        # The plan is drawn outside XLA: TF's Gamma sampler has no XLA kernel.
-        loss, logits = self._compute_step(images, targets, plan, weighted)
-        # Batches are equal (fit drops no data, but the trainer's do): the
-        # plain mean of the batch losses.
-        self._loss_tracker.update_state(loss)
-        return self.compute_metrics(images, y, logits, sample_weight)
-
-    def _apply_gradients(self, x, targets, plan, weighted=False):
-        """TensorFlow: forward, loss, backward and update for one planned batch.
-
-        Returns `(loss, logits)`; the loss is NaN if anything in the step
-        (inputs, loss, gradients, updated weights) was not finite.
-        """
-        tf = _tf()
-        with tf.GradientTape() as tape:
-            with self._mixing(x, targets, plan, weighted) as mixed:
-                logits = self(mixed, training=True)
-                loss = self.compute_loss(mixed, None, logits, None, training=True)
-            # Gradients are summed over replicas: scale to the global mean.
-            scaled = self.optimizer.scale_loss(loss / _replicas())
-        grads = tape.gradient(scaled, self.trainable_variables)
-        self.optimizer.apply(grads, self.trainable_variables)
-        # The updated weights carry any non-finite gradient (w - lr * NaN).
-        finite = _all_finite([x, loss, *self.trainable_variables])
-        return tf.where(finite, loss, float("nan")), logits
-
-    @property
-    def _compute_step(self):
-        if getattr(self, "_xla_step", None) is None:
-            self._xla_step = (
-                _tf().function(self._apply_gradients, jit_compile=True)
-                if getattr(self, "_mixing_jit", False) else self._apply_gradients
-            )
-        return self._xla_step
+            return keras_step(*state, data)
 
     def test_step(self, *args):
         """Softmax cross-entropy on the clean labels (`loss`) and the compiled
@@ -324,25 +300,12 @@ class MixingModel(keras.Model):
                 "'ce' in method_options); compile it without `loss`. "
                 f"Received: loss={kwargs['loss']!r}"
             )
-        if jit_compile is True and keras.backend.backend() == "torch":
-            raise ValueError(
-                "Invalid value received for argument `jit_compile`. MixingModel trains "
-                "eagerly on the PyTorch backend (its seeded draws use torch generators, "
-                "which torch.compile does not trace); pass jit_compile=False or 'auto'. "
-                f"Received: jit_compile={jit_compile!r}"
-            )
+        mode = backend.current().compile_mode(jit_compile)
         metrics = list(metrics or [])
         if not any(m in ("accuracy", "acc") for m in metrics if isinstance(m, str)):
             metrics.insert(0, "accuracy")
-        if draws.on_tensorflow():
-            super().compile(optimizer=optimizer, jit_compile=False, metrics=metrics, **kwargs)
-            if jit_compile == "auto":
-                jit_compile = self._resolve_auto_jit_compile()
-            self._mixing_jit = bool(jit_compile)
-            self._xla_step = None
-        else:
-            super().compile(optimizer=optimizer, jit_compile=jit_compile, metrics=metrics,
-                            **kwargs)
+        super().compile(optimizer=optimizer, jit_compile=mode, metrics=metrics, **kwargs)
+        backend.current().after_compile(self, jit_compile)
         if self.built:
             # Created now, the optimizer's variables do not make the first
             # step trace twice.
@@ -356,12 +319,7 @@ class MixingModel(keras.Model):
         # warning), so a loaded `.keras` file would lose its optimizer and
         # optimizer state (and `iterations`, which seeds the plans).
         config = keras.saving.deserialize_keras_object(config)
-        if not draws.on_tensorflow():
-            # A file saved on TensorFlow records jit_compile=False (XLA is the
-            # model's own there), one from JAX its XLA: off TensorFlow the
-            # loading backend's default applies.
-            config.pop("jit_compile", None)
-        self.compile(**config)
+        self.compile(**backend.current().loaded_compile_config(config))
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
@@ -404,89 +362,6 @@ def _copied_settings(outputs):
     return settings["method"], settings["method_options"], settings["seed"]
 
 
-def _iterations_in(optimizer, state=None):
-    """The optimizer's `iterations` as the step sees it: JAX passes the
-    optimizer's variables in `state` (the variable itself would read as a
-    constant inside the compiled step); elsewhere the variable."""
-    if state is not None:
-        _, _, optimizer_variables, _ = state
-        for variable, value in zip(optimizer.variables, optimizer_variables):
-            if variable is optimizer.iterations:
-                return value
-    return optimizer.iterations
-
-
-def _label_checks(k):
-    """`(message, is_bad(labels))` of the class-label checks, in order."""
-    return (
-        ("Invalid labels: integer class labels are expected, received non-integral float "
-         "labels (pass one-hot or soft targets of shape (N, K) for soft labels)",
-         lambda v: v != np.round(v)),
-        (f"Invalid labels: expected class labels in [0, {k}), received a negative label",
-         lambda v: v < 0),
-        (f"Invalid labels: expected class labels in [0, {k}) for a model with {k} outputs, "
-         "received a larger label", lambda v: v >= k),
-    )
-
-
-def _raise_on_bad_labels(values, k):
-    values = np.asarray(values)
-    for message, is_bad in _label_checks(k):
-        if np.any(is_bad(values)):
-            raise ValueError(message)
-
-
-def _checked_labels(y, k):
-    """int32 labels from `y` (N,), checked to be integral and in [0, k)."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        tf = _tf()
-        (integral, _), (negative, _), (large, _) = _label_checks(k)
-        checks = []
-        if not y.dtype.is_integer:
-            checks.append(tf.debugging.assert_equal(y, tf.round(y), message=integral))
-        labels = tf.cast(y, tf.int64)
-        checks.append(tf.debugging.assert_non_negative(labels, message=negative))
-        checks.append(tf.debugging.assert_less(labels, tf.constant(k, tf.int64), message=large))
-        with tf.control_dependencies(checks):
-            return tf.identity(labels)
-    if backend == "jax":
-        import jax
-
-        jax.debug.callback(_raise_on_bad_labels, y, k)
-    else:
-        _raise_on_bad_labels(ops.convert_to_numpy(y), k)
-    return ops.cast(y, "int32")
-
-
-class _Switch:
-    """The mixing switch (True: mixing on), out of Keras' and
-    `tf.train.Checkpoint`'s tracking: it is not a weight and is never saved
-    (`StopMixing` sets it from the epoch). On TensorFlow a bool `tf.Variable`
-    the step reads; elsewhere a Python bool."""
-
-    def __init__(self):
-        self.enabled = True
-        self.variable = None
-        if draws.on_tensorflow():
-            tf = _tf()
-            self.variable = tf.Variable(
-                True, trainable=False, dtype=tf.bool, name="mixing_on",
-                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-            )
-
-    def set(self, enabled):
-        """Sets the switch; True if it changed."""
-        changed = enabled != self.enabled
-        self.enabled = enabled
-        if self.variable is not None:
-            self.variable.assign(enabled)
-        return changed
-
-    def read(self):
-        return self.variable.read_value() if self.variable is not None else self.enabled
-
-
 class StopMixing(keras.callbacks.Callback):
     """Mixing off from the 0-based epoch `at_epoch` on.
 
@@ -516,19 +391,6 @@ class StopMixing(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._set(True)
-
-
-def _all_finite(tensors):
-    """True if every value of every tensor is finite.
-
-    One pass per tensor: the total of the tensors' sums is NaN or +-inf as
-    soon as one value is (NaN and inf propagate; inf - inf is NaN). Finite
-    values whose total passes float32's 3.4e38 also count as non-finite:
-    such weights are a diverged run anyway.
-    """
-    tf = _tf()
-    sums = [tf.reduce_sum(tf.cast(t, tf.float32)) for t in tensors if t is not None]
-    return tf.math.is_finite(tf.add_n(sums))
 
 
 class StopOnNonFinite(keras.callbacks.TerminateOnNaN):

@@ -259,7 +259,7 @@ def test_a_nan_pixel_stops_fit_with_the_weights_flagged():
     (None, True), (np.nan, False), (np.inf, False), (-np.inf, False), ("inf and -inf", False)])
 def test_the_step_finiteness_check(bad, expected):
     """One bad value in any tensor, even where an inf meets a -inf, is caught."""
-    from patchup_tf.training import _all_finite
+    from patchup_tf.backend.tensorflow import all_finite
 
     a, b = np.ones((3, 4), "float32"), np.full((5,), -2.0, "float32")
     if bad == "inf and -inf":
@@ -267,7 +267,7 @@ def test_the_step_finiteness_check(bad, expected):
     elif bad is not None:
         b[4] = bad
     tensors = [tf.constant(a), tf.constant(b, tf.bfloat16), None, tf.constant(7.0)]
-    assert bool(_all_finite(tensors)) is expected
+    assert bool(all_finite(tensors)) is expected
 
 
 def test_terminate_on_nan_of_the_user_is_kept():

@@ -13,6 +13,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 LAYERS = (
     ("patchup_tf", "patchup_tf._registration", "patchup_tf.rules", "patchup_tf.errors",
      "patchup_tf.files"),
+    ("patchup_tf.backend",),
     ("patchup_tf.draws", "patchup_tf.mixing", "patchup_tf.losses"),
     ("patchup_tf.methods",),
     ("patchup_tf.layers",),

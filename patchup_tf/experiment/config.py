@@ -23,6 +23,7 @@ from patchup_tf.rules import (
     METHODS,
     OPTIONS,
     PAPER_DEFAULTS,
+    PAIRINGS,
     PRECISIONS,
     cutout_default,
 )
@@ -132,6 +133,7 @@ def _method_flags(p):
       help="eps in [0, 1): targets (1 - eps) y + eps / K before any mixing (0)")
     _bool_flag(g, "--per_sample", "draw lam, boxes and masks per image, not per batch (False; "
                "mixup, manifold_mixup, cutmix, dropblock, PatchUp, mixup_cutmix)", default=None)
+    a("--pairing", default=None, choices=PAIRINGS, help=OPTIONS["pairing"].help + " (replica)")
     a("--switch_prob", type=float, default=None,
       help="mixup_cutmix: probability of CutMix instead of Mixup (0.5)")
     a("--mixup_alpha", type=float, default=None, help="mixup_cutmix: Mixup's Beta alpha (0.8)")
@@ -379,6 +381,8 @@ def experiment_name(args, method, epochs):
         name += "_per_sample"
     if o.get("label_smoothing", 0.0) != 0.0:
         name += f"_label_smoothing_{o['label_smoothing']}"
+    if o.get("pairing", "replica") != "replica":
+        name += f"_pairing_{o['pairing']}"
     if getattr(args, "mix_off_epoch", None) is not None:
         name += f"_mix_off_epoch_{args.mix_off_epoch}"
     if args.job_id:

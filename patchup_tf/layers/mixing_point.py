@@ -20,34 +20,68 @@ from patchup_tf.rules import check_position
 _LOCAL = threading.local()  # per thread: MirroredStrategy traces replicas in threads
 
 
+class ReplicaShare:
+    """One replica's share of a batch mixed whole across replicas (`"global"`
+    pairing): `gather` concatenates every replica's tensor on the batch axis
+    (the backend's differentiable all-gather), `local` takes this replica's
+    rows back."""
+
+    def __init__(self, backend):
+        self.gather = backend.all_gather
+        self.replica = backend.replica_id()
+        self.replicas = backend.replicas_in_sync()
+
+    def local(self, x):
+        if x is None or len(x.shape) == 0:
+            return x
+        size = ops.shape(x)[0] // self.replicas
+        return ops.take(x, ops.arange(size) + self.replica * size, axis=0)
+
+
 class MixingContext:
     """The state of one training step: the method, the plan and the targets.
 
     `mix(position, x)` applies the method where the plan says and keeps the
     resulting `MixResult` (`features, y_a, y_b, y_mix, u`) in `self.result`.
-    `weighted`: the targets' last column is each sample's weight.
+    `weighted`: the targets' last column is each sample's weight. `share`: a
+    `ReplicaShare` when the plan covers the batches of all replicas; then the
+    result holds the global batch and `local_result` this replica's rows.
     """
 
-    def __init__(self, method, plan, targets, weighted=False):
+    def __init__(self, method, plan, targets, weighted=False, share=None):
         self.method = method
         self.plan = plan
         self.weighted = weighted
-        self.result = method.clean(None, targets)
-        self.targets = self.result.y_a
+        self.share = share
+        self.targets = ops.cast(targets, "float32")
+        self.result = method.clean(None, self._gather(self.targets))
         self.used_positions = set()
+
+    def _gather(self, x):
+        return x if self.share is None else self.share.gather(x)
+
+    @property
+    def local_result(self):
+        """`self.result` of this replica's samples (the loss reads it)."""
+        if self.share is None:
+            return self.result
+        return self.result._replace(**{
+            field: self.share.local(getattr(self.result, field))
+            for field in ("features", "y_a", "y_b", "y_mix", "u")
+        })
 
     def mix(self, position, features):
         self.used_positions.add(position)
         if not self.method.acts_at(position):
             return features
-        before = self.result._replace(features=features)
+        before = self.result._replace(features=self._gather(features))
         self.result = ops.cond(
             self.plan["active"][position],
             # The mask is not carried on: positions differ in shape.
             lambda: self.method.mix(position, before, self.plan)._replace(holes=None),
             lambda: before,
         )
-        return self.result.features
+        return self.result.features if self.share is None else self.share.local(self.result.features)
 
 
 @contextlib.contextmanager

@@ -34,18 +34,7 @@ channel axis other than the last fall back to Keras' own computation.
 import keras
 from keras import ops
 
-_FUSED_DTYPES = ("float32", "bfloat16", "float16")
-_HAS_GPU = None
-
-
-def _has_gpu():
-    global _HAS_GPU
-    if _HAS_GPU is None:
-        import tensorflow as tf  # only ever under the TensorFlow backend
-
-        _HAS_GPU = bool(tf.config.list_physical_devices("GPU"))
-    return _HAS_GPU
-
+from patchup_tf import backend
 
 @keras.saving.register_keras_serializable(package="patchup")
 class FusedBatchNorm(keras.layers.BatchNormalization):
@@ -67,12 +56,7 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
         )
 
     def _fusable(self, inputs):
-        dtype = keras.backend.standardize_dtype(inputs.dtype)
-        return (
-            keras.backend.backend() == "tensorflow"
-            and dtype in _FUSED_DTYPES
-            and (dtype != "float16" or _has_gpu())
-        )
+        return backend.current().fuses_batch_norm(keras.backend.standardize_dtype(inputs.dtype))
 
     def call(self, inputs, training=None, mask=None):
         inputs = ops.convert_to_tensor(inputs)
@@ -102,26 +86,10 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
         return gamma, beta
 
     def _fused(self, x, update):
-        """TensorFlow's kernel: `(y, (mean, unbiased variance) or None)`."""
-        import tensorflow as tf  # only ever under the TensorFlow backend
-
+        """The backend's fused kernel: `(y, (mean, unbiased variance) or None)`."""
         gamma, beta = self._scale_offset(x.shape[-1], "float32")
-        if update:
-            y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-                x=x, scale=gamma, offset=beta,
-                mean=tf.zeros([0], tf.float32), variance=tf.zeros([0], tf.float32),
-                epsilon=self.epsilon, exponential_avg_factor=1.0,
-                data_format="NHWC", is_training=True,
-            )
-            return y, (mean, variance)
-        y, _, _, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-            x=x, scale=gamma, offset=beta,
-            mean=tf.cast(self.moving_mean, tf.float32),
-            variance=tf.cast(self.moving_variance, tf.float32),
-            epsilon=self.epsilon, exponential_avg_factor=1.0,
-            data_format="NHWC", is_training=False,
-        )
-        return y, None
+        moving = None if update else (self.moving_mean, self.moving_variance)
+        return backend.current().fused_batch_norm(x, gamma, beta, moving, self.epsilon)
 
     def _by_ops(self, inputs, update):
         """The kernel's computation in `keras.ops`, in the variables' dtype."""
