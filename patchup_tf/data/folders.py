@@ -7,8 +7,9 @@ per split:
     DIR/valid/<class>/...       optional (else validation comes from train)
     DIR/test/<class>/...        required
 
-Class names are the sorted names of the class folders of `train/` (or a
-known data set's own order, `rules.FOLDER_CLASSES`, e.g. CIFAR-10 as JPEGs).
+Class names are the sorted names of the class folders of `train/`, two at
+least (or a known data set's own order, `rules.FOLDER_CLASSES`, e.g.
+CIFAR-10 as JPEGs).
 Files are listed (recursively, following links, hidden names left out),
 split per class on their paths, and only the chosen ones are decoded: by a
 tf.data parallel map (any of the four formats, grey and RGBA to RGB, GIFs'
@@ -108,11 +109,19 @@ def _check_root(data_dir):
 
 
 def folder_class_names(data_dir):
-    """The sorted class folder names of `data_dir/train` (nothing decoded)."""
+    """The sorted class folder names of `data_dir/train` (nothing decoded);
+    at least two: a classifier of one class learns nothing."""
     root = _check_root(data_dir)
-    names = _subfolders(os.path.join(root, "train"))
+    train = os.path.join(root, "train")
+    names = _subfolders(train)
     if not names:
-        raise DataError(f"{os.path.join(root, 'train')} holds no class folders; {_LAYOUT}.")
+        raise DataError(f"{train} holds no class folders; {_LAYOUT}.")
+    if len(names) == 1:
+        raise DataError(
+            f"{train} holds one class folder ({names[0]}), and a classifier needs at least "
+            f"two classes. Add a folder of images for each other class, e.g. "
+            f"{os.path.join(train, '<another class>')}, and the same in test/."
+        )
     return tuple(names)
 
 

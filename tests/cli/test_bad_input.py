@@ -18,6 +18,7 @@ import pytest
 import scipy.io
 
 from tests.helpers.datasets import chw_rows, dump
+from tests.helpers.images import make_folder
 from tests.helpers.trainer import (
     check_files_load,
     describe,
@@ -139,6 +140,16 @@ def _svhn_wrong_keys(folder, fab):
     return folder
 
 
+def _one_class_folder(folder, fab):
+    """An image folder of one class whose files include one that is not an
+    image: reading it would be a different error, so the message proves
+    that nothing was decoded."""
+    make_folder(folder, classes=("cat",))
+    with open(os.path.join(folder, "train", "cat", "broken.jpg"), "wb") as f:
+        f.write(b"\xff\xd8\xff not a jpeg")
+    return folder
+
+
 # id -> (dataset, make(folder, fab) -> data_dir, extra argv, expected parts, single line)
 DATA_CASES = {
     "empty_dir_cifar10": (
@@ -149,6 +160,10 @@ DATA_CASES = {
         "svhn", _empty, [],
         ["No SVHN data", "train_32x32.mat", "test_32x32.mat", "'svhn_cropped'", "torchvision",
          "tensorflow_datasets"], False),
+    "folder_with_one_class": (
+        "folder", _one_class_folder, [],
+        ["/data/train holds one class folder (cat)", "at least two classes",
+         "Add a folder of images for each other class"], True),
     "truncated_cifar_pickle": (
         "cifar10", lambda d, fab: _copy_cifar10(d, fab, _truncate), [],
         ["data_batch_3", "truncated"], True),

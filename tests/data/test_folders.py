@@ -1,6 +1,7 @@
 """Tests of image folders: listing, decoding, errors, statistics, pipelines."""
 
 import os
+import re
 import struct
 
 import numpy as np
@@ -19,6 +20,7 @@ from patchup_tf.data import (
     scan_image_folder,
     train_epochs,
 )
+from patchup_tf.data import folders
 from patchup_tf.rules import FOLDER_CLASSES
 from tests.helpers.images import make_folder, pixels, write_image
 
@@ -135,6 +137,26 @@ def test_bad_layouts_get_clear_errors(tmp_path, case):
         match = r"expected exactly \['airplane', .*missing: \['airplane'"
     with pytest.raises(DataError, match=match):
         read_image_folder(name, tmp_path)
+
+
+def test_one_class_is_refused_before_any_image_is_decoded(tmp_path, monkeypatch):
+    make_folder(tmp_path, classes=("cat",))
+    (tmp_path / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("an image was decoded")
+
+    monkeypatch.setattr(folders, "decode_file", no_decoding)
+    train = str(tmp_path / "train")
+    match = re.escape(f"{train} holds one class folder (cat), and a classifier needs at least "
+                      f"two classes. Add a folder of images for each other class, e.g. "
+                      f"{train}/<another class>, and the same in test/.")
+    with pytest.raises(DataError, match=match):
+        read_image_folder("folder", tmp_path)
+    with pytest.raises(DataError, match=match):
+        make_datasets("folder", tmp_path, batch_size=2)
+    with pytest.raises(DataError, match=match):
+        num_classes("folder", tmp_path)
 
 
 def test_a_file_that_is_not_an_image_or_is_truncated_is_named(tmp_path):
