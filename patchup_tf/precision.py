@@ -30,6 +30,10 @@ AVX-512 BF16 but no AMX, and 43% less on a host with AMX; the answer
 depends on the CPU, the oneDNN build and the network, so the rule is
 measured once per machine and model rather than guessed from flags.
 
+`warn_if_emulated(precision)` prints one warning line on stderr when
+mixed_bfloat16 is asked for on a CPU without bfloat16 instructions, where
+oneDNN emulates it (the trainer calls it at start; the run goes on).
+
 `float32_logits(model_or_tensor)` makes a classifier's outputs float32 under
 a mixed-precision policy (Keras' advice: the last layer computes in float32),
 for networks other than `patchup_tf.models` (whose heads already do):
@@ -59,6 +63,12 @@ CACHE_ENV = "PATCHUP_TF_CACHE_DIR"
 CACHE_FILE = "precision.json"
 CACHE_VERSION = 1
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+# mixed_bfloat16 where oneDNN emulates it: its CPU time per step over
+# float32's, and where that was measured (docs/speed.md, "oneDNN and
+# bfloat16 on AVX2 CPUs"; 20x in wall-clock time on that shared machine).
+EMULATED_BF16_SLOWDOWN = 16.7
+EMULATED_BF16_MEASURED = ("PreActResNet18 soft PatchUp, batch 32, 2-core AMD EPYC with AVX2, "
+                          "TensorFlow 2.21, 2026-12-08")
 
 
 # ------------------------------------------------------------ the machine
@@ -259,6 +269,8 @@ def probe_subprocess(*, arch, batch_size, input_shape=(32, 32, 3), num_classes=1
             "warmup": int(warmup)}
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "probe.json")
+        # This process's environment, `TF_ENABLE_ONEDNN_OPTS` included: the
+        # probe times the kernels this process trains with.
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
                "CUDA_VISIBLE_DEVICES": ""}
         try:
@@ -433,6 +445,36 @@ def _measure(spec, probe, model_builder, timeout):
             "probe_s": round(time.perf_counter() - start, 1)}
 
 
+# ------------------------------------------------------ emulated bfloat16
+def emulated_bf16_warning(precision, *, flags=None, gpus=None):
+    """The one-line warning for training in `precision` here, or None.
+
+    Only mixed_bfloat16 on a CPU whose flags are known and hold no bfloat16
+    instructions, with no GPU: oneDNN emulates bfloat16 there, slower than
+    float32. `flags` and `gpus` replace `cpu_flags()` and
+    `gpu_compute_capabilities()` (tests).
+    """
+    if precision != "mixed_bfloat16":
+        return None
+    flags = cpu_flags() if flags is None else set(flags)
+    if not flags or flags & set(_BF16_FLAGS):
+        return None
+    if gpu_compute_capabilities() if gpus is None else gpus:
+        return None
+    return (f"warning: bfloat16 is emulated on this CPU ({cpu_model()}: no avx512_bf16, "
+            "amx_bf16 or bf16 instructions), so mixed_bfloat16 is slower than float32 here: "
+            f"a step took {EMULATED_BF16_SLOWDOWN:.1f}x float32's CPU time when measured "
+            f"({EMULATED_BF16_MEASURED}); --precision float32 or auto trains faster")
+
+
+def warn_if_emulated(precision, **kwargs):
+    """Prints `emulated_bf16_warning(precision, **kwargs)` on stderr, if any; returns it."""
+    message = emulated_bf16_warning(precision, **kwargs)
+    if message:
+        print(message, file=sys.stderr, flush=True)
+    return message
+
+
 # --------------------------------------------------------- float32 logits
 def float32_logits(model_or_tensor, name=None):
     """Float32 outputs under mixed precision, for a tensor or a model.
@@ -488,6 +530,9 @@ def _main(argv=None):
         return 0
     if args.refresh:
         os.environ[PROBE_ENV] = "refresh"
+    # The trainer's oneDNN default (`patchup_tf.cli.process_settings`), so this
+    # program shows and fills the cache entry the trainer reads.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     print(resolve_precision("auto", arch=args.arch, batch_size=args.batch_size,
                             num_classes=args.num_classes))
     return 0

@@ -332,6 +332,61 @@ def test_trainer_auto_keeps_a_resumed_runs_recorded_precision(monkeypatch, tmp_p
     assert "float32 (as recorded in" in capsys.readouterr().out
 
 
+# ------------------------------------------------------ emulated bfloat16
+AVX2_ONLY = {"fpu", "sse2", "avx", "avx2", "fma", "f16c"}
+
+
+@pytest.mark.parametrize("chosen, flags, gpus, warned", [
+    ("mixed_bfloat16", AVX2_ONLY, [], True),
+    ("mixed_bfloat16", AVX2_ONLY | {"avx512f"}, [], True),  # AVX-512 without its BF16 part
+    ("float32", AVX2_ONLY, [], False),
+    ("mixed_float16", AVX2_ONLY, [], False),
+    ("mixed_bfloat16", AVX2_ONLY | {"avx512f", "avx512_bf16"}, [], False),
+    ("mixed_bfloat16", AVX2_ONLY | {"amx_tile", "amx_bf16"}, [], False),
+    ("mixed_bfloat16", {"fp", "asimd", "bf16"}, [], False),  # Arm with bf16
+    ("mixed_bfloat16", set(), [], False),  # flags unknown (no /proc/cpuinfo): no guess
+    ("mixed_bfloat16", AVX2_ONLY, [(8, 0)], False),  # the GPU computes
+])
+def test_emulated_bf16_warning(monkeypatch, chosen, flags, gpus, warned):
+    monkeypatch.setattr(precision, "cpu_model", lambda: "Test CPU 9000")
+    message = precision.emulated_bf16_warning(chosen, flags=flags, gpus=gpus)
+    assert (message is not None) == warned
+    if warned:
+        assert "\n" not in message and message.startswith("warning: bfloat16 is emulated")
+        ratio = f"{precision.EMULATED_BF16_SLOWDOWN:.1f}x float32's CPU time"
+        assert "Test CPU 9000" in message and ratio in message and not ratio.startswith("0.0x")
+        assert precision.EMULATED_BF16_MEASURED in message
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("extra, flags, warned", [
+    (["--precision", "mixed_bfloat16"], AVX2_ONLY, True),
+    (["--mixed_precision", "True"], AVX2_ONLY, True),
+    (["--precision", "float32"], AVX2_ONLY, False),
+    (["--precision", "mixed_bfloat16"], AVX2_ONLY | {"avx512f", "avx512_bf16"}, False),
+])
+def test_the_trainer_warns_once_at_start_of_emulated_bf16(monkeypatch, tmp_path, capsys,
+                                                         extra, flags, warned):
+    """The CPU's flags come from `cpu_flags` (faked here); the run stops at its
+    first step after the warning."""
+    from patchup_tf.cli.train import main
+    from patchup_tf.experiment import run as experiment
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: set(flags))
+    monkeypatch.setattr(experiment, "set_up", lambda args: (_ for _ in ()).throw(_Stop()))
+    with pytest.raises(_Stop):
+        main(["--dataset", "digits", "--root_dir", str(tmp_path), "--epochs", "1", *extra])
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if "bfloat16 is emulated" in line]
+    assert len(lines) == (1 if warned else 0), err
+    assert "bfloat16 is emulated" not in out
+    if warned:
+        assert lines[0].startswith("warning: ") and "x float32's CPU time" in lines[0]
+
+
 # --------------------------------------------------------- float32 logits
 @pytest.fixture
 def bf16():

@@ -57,6 +57,7 @@ def run(config):
     or batch size; nothing half-written) or `NonFiniteLoss`.
     """
     args = config.args
+    precision_lib.warn_if_emulated(config.precision)  # an explicit bf16, before any work
     strategy = set_up(args)
     datasets, affine_sets = load_data(args)
     config = config._replace(data=describe_data(args, datasets),
