@@ -12,7 +12,6 @@ import itertools
 
 import keras
 
-from patchup_tf import draws
 from patchup_tf.training import MixingModel
 
 _SIZED_OPS = ("dropblock", "patchup")  # blocks sized from the map, a Python int
@@ -24,7 +23,8 @@ class AnySizeMixingModel(MixingModel):
     on TensorFlow, one training step function per image size."""
 
     def make_train_function(self, force=False):
-        if not draws.on_tensorflow():
+        # Only TensorFlow's step relaxes the shapes (JAX: a trace per shape).
+        if keras.backend.backend() != "tensorflow":
             return super().make_train_function(force)
         if force or not isinstance(self.train_function, _StepPerSize):
             self.train_function = _StepPerSize(self)
