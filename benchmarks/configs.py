@@ -11,9 +11,13 @@ IMPL = "patchup_tf"
 TORCH_IMPL = "torch_original"
 DEFAULT_METHODS = ("vanilla", "soft_patchup", "hard_patchup", "manifold_mixup")
 INPUTS = ("batches", "trainer")
-XLA = ("off", "on")
+XLA = ("default", "off", "on")
+"""`--xla`: each backend's default step mode, uncompiled, or XLA-compiled."""
 BACKENDS = ("tensorflow", "jax", "torch")
 """Keras backends the library's step can be timed under (`KERAS_BACKEND`)."""
+DEFAULT_XLA = {"tensorflow": False, "jax": True, "torch": False}
+"""What `--xla default` means per backend, what a user of it gets from
+`compile()`: TensorFlow's `tf.function`, JAX compiled, PyTorch eager."""
 TINY = {
     "methods": ("vanilla", "soft_patchup"),
     "precisions": ("float32",),
@@ -29,7 +33,7 @@ TINY = {
 FULL = {
     "methods": DEFAULT_METHODS,
     "precisions": ("float32", "mixed_bfloat16"),
-    "xla": ("off", "on"),
+    "xla": ("default", "on"),
     "batchnorms": ("fused",),
     "batch_size": 100,
     "steps": 3,
@@ -114,11 +118,19 @@ def check_choices(*, methods, precisions, xla, batchnorms, inputs, backends=BACK
 def expand(*, archs, methods, precisions, xla, batchnorms, inputs, xla_methods=None,
            backends=BACKENDS[:1]):
     """Every patchup_tf configuration asked for (XLA "on" only for
-    `xla_methods` when given), backends innermost, then methods."""
-    return [make_config(arch, method, precision, x == "on", bn, inp, backend=backend)
-            for arch, precision, x, bn, inp, method, backend
-            in itertools.product(archs, precisions, xla, batchnorms, inputs, methods, backends)
-            if not (x == "on" and xla_methods is not None and method not in xla_methods)]
+    `xla_methods` when given), backends innermost, then methods; a
+    configuration asked for twice (e.g. JAX's default and "on") once."""
+    configs = [make_config(arch, method, precision,
+                           DEFAULT_XLA[backend] if x == "default" else x == "on", bn, inp,
+                           backend=backend)
+               for arch, precision, x, bn, inp, method, backend
+               in itertools.product(archs, precisions, xla, batchnorms, inputs, methods,
+                                    backends)
+               if not (x == "on" and xla_methods is not None and method not in xla_methods)]
+    unique = {}
+    for config in configs:
+        unique.setdefault(config_label(config), config)
+    return list(unique.values())
 
 
 def skip_reason(config):

@@ -620,6 +620,19 @@ def test_what_a_backend_cannot_run_is_skipped():
         "patchup_tf/preactresnet18/vanilla/float32/xla=off/bn=fused/in=trainer/torch"]
 
 
+def test_each_backend_is_timed_in_its_default_mode():
+    """`--xla default`: TensorFlow's tf.function, JAX compiled, PyTorch eager;
+    "on" adds XLA where it differs (asked twice, timed once)."""
+    expanded = configs.expand(archs=["preactresnet18"], methods=["vanilla"],
+                              precisions=["float32"], xla=["default", "on"],
+                              batchnorms=["fused"], inputs=["batches"],
+                              backends=["tensorflow", "jax", "torch"])
+    assert [(c["backend"], c["xla"]) for c in expanded] == [
+        ("tensorflow", False), ("jax", True), ("torch", False), ("tensorflow", True),
+        ("torch", True)]
+    assert configs.skip_reason(expanded[-1]) is not None  # PyTorch trains eagerly
+
+
 def test_config_tuples_and_labels():
     c = configs.as_config(("wrn28_2", "mixup", "mixed_bfloat16", True))
     assert c["arch"] == "wrn28_2" and c["xla"] is True and c["batchnorm"] == "fused"

@@ -113,7 +113,19 @@ def all_gather(x):
     replica = tf.distribute.get_replica_context()
     if replica is None or replica.num_replicas_in_sync == 1:
         return x
-    return replica.all_gather(x, axis=0)
+    gathered = _dense_gradient(replica.all_gather(x, axis=0))
+    size = x.shape[0]
+    # The gather keeps no static shape; the mixing ops size blocks from it.
+    gathered.set_shape([None if size is None else size * replica.num_replicas_in_sync,
+                        *x.shape[1:]])
+    return gathered
+
+
+@tf.custom_gradient
+def _dense_gradient(x):
+    """The identity, its gradient made dense: the all-gather's own gradient
+    takes no `IndexedSlices` (what a gather of rows sends back)."""
+    return tf.identity(x), lambda dy: tf.convert_to_tensor(dy)
 
 
 # --------------------------------------------------------------------- step

@@ -59,3 +59,23 @@ def test_loss_scaling_matches_one_device(result):
     8 images on one device."""
     assert result["vanilla_change"] > 1e-3  # the step is large enough to tell
     assert result["vanilla_vs_single"] < 1e-5
+
+
+GLOBAL_METHODS = ("soft_patchup", "manifold_mixup", "cutout", "hard_patchup")
+
+
+def test_global_pairing_draws_one_plan_with_partners_from_both_replicas(result):
+    for method in GLOBAL_METHODS:
+        first, second = result["global"][method]["perms"]
+        assert first == second and sorted(first) == list(range(8)), method
+        halves = [set(first[:4]), set(first[4:])]  # the partners of each replica's images
+        assert all(h & {0, 1, 2, 3} and h & {4, 5, 6, 7} for h in halves), (method, first)
+
+
+@pytest.mark.parametrize("method", GLOBAL_METHODS)
+def test_a_global_pairing_step_on_two_replicas_is_the_one_device_step(result, method):
+    """Two steps of 2 x 4 images (no BN) equal two steps on one device with
+    the whole batches of 8: the mixed tensors are gathered across replicas
+    and the gradients flow back through the gather."""
+    assert result["global"][method]["change"] > 1e-3
+    assert result["global"][method]["vs_single"] < 1e-6

@@ -127,7 +127,37 @@ def main():
     single.fit(x8, y8, batch_size=GLOBAL_BATCH, epochs=1, shuffle=False, verbose=0)
     out["vanilla_vs_single"] = max_diff(weights(mirrored), weights(single))
     out["vanilla_change"] = max_diff(start, weights(single))
+    out["global"] = global_pairing(strategy, x, y)
     print("RESULT " + json.dumps(out), flush=True)
+
+
+GLOBAL_CASES = {"soft_patchup": {"k": 4}, "manifold_mixup": {"k": 4}, "cutout": {"cutout": 8},
+                "hard_patchup": {"k": 4, "per_sample": True}}
+
+
+def global_pairing(strategy, x, y):
+    """`pairing="global"`: both replicas draw one plan for the global batch
+    (partners from both halves), and two steps on 2 x 4 images equal two
+    steps on one device with the whole batches of 8 (no BN)."""
+    out = {}
+    images = tf.zeros([GLOBAL_BATCH // 2, 32, 32, 3])
+    for method, options in GLOBAL_CASES.items():
+        with strategy.scope():
+            mirrored = tiny_model(method, seed=6, batchnorm=False, pairing="global", **options)
+            mirrored.compile(optimizer=TorchSGD(0.05))
+            mirrored.optimizer.build(mirrored.trainable_variables)
+        single = tiny_model(method, seed=6, batchnorm=False, pairing="global", **options)
+        single.compile(optimizer=TorchSGD(0.05))
+        single.optimizer.build(single.trainable_variables)
+        single.set_weights(mirrored.get_weights())
+        start = weights(single)
+        out[method] = {"perms": replica_values(
+            strategy, lambda: mirrored.draw_plan(images)["perm"])}
+        mirrored.fit(x, y, batch_size=GLOBAL_BATCH, epochs=1, shuffle=False, verbose=0)
+        single.fit(x, y, batch_size=GLOBAL_BATCH, epochs=1, shuffle=False, verbose=0)
+        out[method]["vs_single"] = max_diff(weights(mirrored), weights(single))
+        out[method]["change"] = max_diff(start, weights(single))
+    return out
 
 
 if __name__ == "__main__":
