@@ -194,7 +194,7 @@ SETTINGS = ("batch_size", "steps", "warmup", "windows", "timer", "synthetic_imag
             "intra_threads", "inter_threads")
 DEFAULTS = {
     "archs": ("preactresnet18",), "methods": cfg.DEFAULT_METHODS,
-    "precisions": ("float32", "mixed_bfloat16"), "xla": ("off", "on"), "xla_methods": None,
+    "precisions": ("float32", "mixed_bfloat16"), "xla": ("default", "on"), "xla_methods": None,
     "batchnorms": ("fused",), "inputs": ("batches",), "batch_size": 100, "steps": 3,
     "warmup": 2, "windows": 3, "pipelines": ("digits", "synthetic"), "pipeline_batches": 50,
     "synthetic_images": 10000, "isolate": False, "workers": False, "worker_envs": (),
@@ -267,7 +267,9 @@ def _add_what(p):
     p.add_argument("--precisions", nargs="+", default=None, choices=PRECISIONS,
                    help="default float32 mixed_bfloat16")
     p.add_argument("--xla", nargs="+", default=None, choices=cfg.XLA,
-                   help="jit_compile settings; default off on")
+                   help="jit_compile settings: default (each backend's own: TensorFlow's "
+                        "tf.function, JAX compiled, PyTorch eager), off, on; default: "
+                        "default on")
     p.add_argument("--xla_methods", nargs="+", default=None,
                    help="run XLA 'on' only for these methods (default: all)")
     p.add_argument("--batchnorm", nargs="+", default=None, dest="batchnorms",
