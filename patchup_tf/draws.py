@@ -85,6 +85,3 @@ def argsort(keys):
     """The stable ascending argsort of a tensor along its last axis, int32."""
     return backend.current().argsort(keys)
 
-
-def on_tensorflow():  # TEMPORARY: removed once attach uses patchup_tf.backend
-    return keras.backend.backend() == "tensorflow"

@@ -61,9 +61,9 @@ class KerasSteps:
     """
 
     def __init__(self, model, dataset, *, warmup=1, through_fit=False):
-        import keras
+        from patchup_tf import backend
 
-        through_fit = through_fit or keras.backend.backend() != "tensorflow"
+        through_fit = through_fit or not backend.current().ITERATOR_TRAIN_FUNCTION
         self.model, self.dataset, self.through_fit = model, dataset, through_fit
         self.iterator = None
         self._fit(max(1, int(warmup)))

@@ -4,16 +4,8 @@ the mixing switch, the training step and its compilation, and how a step
 sees the devices it runs on.
 
 `current()` is the module of the backend Keras runs on; the rest of the
-library calls it and never compares the backend's name. Each module has the
-same functions (see `patchup_tf/backend/tensorflow.py` for their contract):
-
-* draws: `int32_seed`, `fold_in`, `split`, `step_seed`, `uniform`,
-  `randint`, `gamma`, `argsort`, `wide_float`;
-* checks: `checked_labels`, `all_finite`;
-* the step: `Switch`, `switch_changed`, `train_step`, `compile_mode`,
-  `after_compile`, `loaded_compile_config`;
-* batch norm: `fuses_batch_norm`, `fused_batch_norm` (TensorFlow's kernel);
-* devices: `replica_id`, `replicas_in_sync`, `shards_in_batch`, `all_gather`.
+library calls it and never compares the backend's name. Each module defines
+the names in `CONTRACT` (`patchup_tf/backend/tensorflow.py` documents them).
 """
 
 import importlib
@@ -21,6 +13,15 @@ import importlib
 import keras
 
 _MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+CONTRACT = (
+    "int32_seed", "fold_in", "split", "step_seed", "uniform", "randint", "gamma", "argsort",
+    "wide_float", "checked_labels", "all_finite", "Switch", "switch_changed", "train_step",
+    "compile_mode", "after_compile", "loaded_compile_config", "fuses_batch_norm",
+    "ITERATOR_TRAIN_FUNCTION", "train_function_per_size", "replica_id", "replicas_in_sync",
+    "shards_in_batch", "all_gather",
+)
+"""What every backend module defines (`fused_batch_norm` only where
+`fuses_batch_norm` says True)."""
 
 
 def current():

@@ -12,6 +12,7 @@ import keras
 
 from patchup_tf.backend import keras_ops
 from patchup_tf.backend.keras_ops import (  # noqa: F401  (this backend's contract)
+    ITERATOR_TRAIN_FUNCTION,
     Switch,
     after_compile,
     fuses_batch_norm,
@@ -25,6 +26,7 @@ from patchup_tf.backend.keras_ops import (  # noqa: F401  (this backend's contra
     replicas_in_sync,
     split,
     step_seed,
+    train_function_per_size,
 )
 from patchup_tf.rules import check_labels
 

@@ -13,6 +13,8 @@ from keras import ops
 
 from patchup_tf.rules import check_labels
 
+ITERATOR_TRAIN_FUNCTION = False
+"""Keras' `train_function` takes the step's state and data, not an iterator."""
 _MASK31 = 0x7FFFFFFF
 # Domains of the derived seeds: `fold_in(seed, i)` and `split(seed, n)[i]`
 # must not coincide.
@@ -157,6 +159,12 @@ def loaded_compile_config(config):
     there), one from JAX its XLA: here the loading backend's default applies."""
     config.pop("jit_compile", None)
     return config
+
+
+def train_function_per_size(model, make_train_function, force=False):
+    """Keras' own train function: each image size gets its own trace (JAX) or
+    runs eagerly (PyTorch)."""
+    return make_train_function(force)
 
 
 def replica_id():

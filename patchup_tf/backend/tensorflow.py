@@ -10,12 +10,16 @@ forward pass, backward pass and update with XLA; under a `tf.distribute`
 strategy every replica runs it on its share of the batch.
 """
 
+import itertools
+
 import tensorflow as tf
 
 from patchup_tf.backend.keras_ops import non_negative
 from patchup_tf.rules import label_checks
 
 _HAS_GPU = []
+ITERATOR_TRAIN_FUNCTION = True
+"""Keras' `train_function(iterator)` runs steps (TensorFlow's signature)."""
 
 
 # -------------------------------------------------------------------- draws
@@ -196,6 +200,42 @@ def _compiled_update(model):
         model._xla_step = (tf.function(update, jit_compile=True)
                            if getattr(model, "_mixing_jit", False) else update)
     return model._xla_step
+
+
+def train_function_per_size(model, make_train_function, force=False):
+    """Keras' train function, one per image size of the batches: Keras'
+    TensorFlow step would trace a second size with the sizes left unknown
+    (`AnySizeMixingModel`; JAX traces per shape, PyTorch runs eagerly)."""
+    if force or not isinstance(model.train_function, _StepPerSize):
+        model.train_function = _StepPerSize(model, make_train_function)
+    return model.train_function
+
+
+class _StepPerSize:
+    def __init__(self, model, make_train_function):
+        self.model, self.make = model, make_train_function
+        self.functions = {}
+
+    def __call__(self, iterator):
+        size, iterator = _batch_size_hw(iterator)
+        self.model.check_batch_size(size)
+        if size not in self.functions:
+            self.make(force=True)
+            self.functions[size], self.model.train_function = self.model.train_function, self
+        return self.functions[size](iterator)
+
+
+def _batch_size_hw(iterator):
+    """`((height, width), iterator)` of the batches `iterator` gives: from
+    its `element_spec` (a tf.data iterator), else from a first batch, put
+    back (`train_on_batch`'s generator)."""
+    spec = getattr(iterator, "element_spec", None)
+    if spec is None:
+        first = next(iterator)
+        iterator, spec = itertools.chain([first], iterator), first
+    leaves = tf.nest.flatten(spec, expand_composites=True)
+    shape = tuple(getattr(leaves[0], "shape", ())) if leaves else ()
+    return (tuple(shape[1:3]) if len(shape) == 4 else (None, None)), iterator
 
 
 def compile_mode(jit_compile):

@@ -4,6 +4,7 @@ batch's mixing context.
 """
 
 from patchup_tf.backend.keras_ops import (  # noqa: F401  (this backend's contract)
+    ITERATOR_TRAIN_FUNCTION,
     Switch,
     after_compile,
     fuses_batch_norm,
@@ -19,6 +20,7 @@ from patchup_tf.backend.keras_ops import (  # noqa: F401  (this backend's contra
     replicas_in_sync,
     split,
     step_seed,
+    train_function_per_size,
     uniform,
 )
 from patchup_tf.backend.keras_ops import eager_checked_labels as checked_labels  # noqa: F401
