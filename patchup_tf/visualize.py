@@ -173,9 +173,6 @@ def figure1_data(model, images_uint8, labels, mean, std, *, position=2, gamma=0.
     images = np.asarray(images_uint8)
     if images.ndim != 4 or images.shape[0] != 2:
         raise ValueError(f"expected two images (2, H, W, C), got shape {images.shape}")
-    if not isinstance(position, int) or isinstance(position, bool) or not 1 <= position <= 4:
-        raise ValueError(f"position must be 1..4 (PatchUp's feature-level positions), "
-                         f"got {position!r}")
     layer = _point_at(model, position).name
     sub = feature_model(model, layer)
     x = normalize(images, mean, std)
@@ -185,9 +182,7 @@ def figure1_data(model, images_uint8, labels, mean, std, *, position=2, gamma=0.
     width = int(features.shape[2])
     block = rules.patchup_block_size(width, block_size)
     mask_seed, lam_seed = mixing.split_seed(seed, 2)
-    if lam is None:
-        lam = float(mixing.beta(float(alpha), lam_seed))
-    lam = float(lam)
+    lam = float(mixing.beta(float(alpha), lam_seed) if lam is None else lam)
     labels = np.asarray(labels, np.int64).reshape(2)
     num_classes = int(max(labels.max() + 1, 2))
     targets = tf.one_hot(labels, num_classes)
@@ -215,6 +210,9 @@ def _point_at(model, position):
     `mixing_point_{position}`)."""
     from patchup_tf.rules import mixing_point_name
 
+    if not isinstance(position, int) or isinstance(position, bool) or not 1 <= position <= 4:
+        raise ValueError(f"position must be 1..4 (PatchUp's feature-level positions), "
+                         f"got {position!r}")
     points = [p for p in _mixing_points(model) if p.position == position]
     if not points:
         named = mixing_layer_names(model)
