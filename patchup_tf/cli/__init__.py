@@ -40,7 +40,8 @@ def process_settings(environ=None):
     `TF_CPP_MIN_LOG_LEVEL=2` (`patchup_tf.cli.tf_logging` applies it to the
     start-up lines too) and `TF_ENABLE_ONEDNN_OPTS=1`: TensorFlow turns its
     oneDNN CPU kernels on by itself only on CPUs with AVX-512 VNNI/BF16 or
-    AMX, and an AVX2 CPU trains about 2x slower without them (docs/speed.md).
+    AMX; without them a PreActResNet18 step on a 2-core AVX2 CPU took 1.65x
+    the CPU time (docs/speed.md).
     A variable the user set is kept. Takes effect only before TensorFlow is
     imported in the process that reads `environ`.
     """
