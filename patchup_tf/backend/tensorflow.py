@@ -117,12 +117,27 @@ def all_gather(x):
     replica = tf.distribute.get_replica_context()
     if replica is None or replica.num_replicas_in_sync == 1:
         return x
+    # Placed on the replica's device: the gather sends to where its input
+    # lives, and a traced tensor of a single-device worker may name none.
+    with tf.device(_replica_device(replica)):
+        x = tf.identity(x)
     gathered = _dense_gradient(replica.all_gather(x, axis=0))
     size = x.shape[0]
     # The gather keeps no static shape; the mixing ops size blocks from it.
     gathered.set_shape([None if size is None else size * replica.num_replicas_in_sync,
                         *x.shape[1:]])
     return gathered
+
+
+def _replica_device(replica):
+    """The device this replica computes on (a `MultiWorkerMirroredStrategy`
+    replica context of several workers fails to name it: then its worker's
+    first, one device a worker)."""
+    try:
+        devices = tf.nest.flatten(replica.devices)
+    except IndexError:
+        devices = []
+    return devices[0] if devices else tf.distribute.get_strategy().extended.worker_devices[0]
 
 
 @tf.custom_gradient

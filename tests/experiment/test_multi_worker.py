@@ -340,6 +340,44 @@ def test_two_workers_train_identical_weights_each_on_its_half(tmp_path):
     assert (out_dir / "chief.keras").exists() and (out_dir / "chief_saved_model").is_dir()
 
 
+def test_two_workers_with_global_pairing_train_as_one_host(tmp_path):
+    """`pairing="global"` under MultiWorkerMirroredStrategy: one plan for the
+    global batch on both workers, and the weights of one host training on
+    the whole batches (no BN)."""
+    import keras
+    import tensorflow as tf
+
+    from patchup_tf.optimizer import TorchSGD
+    from tests.helpers.tiny import data, tiny_model
+
+    script = os.path.join(HELPERS, "multi_worker_tiny.py")
+
+    def launch(ports, index, attempt):
+        (tmp_path / f"out{attempt}").mkdir(exist_ok=True)
+        return ([sys.executable, script, "--out", str(tmp_path / f"out{attempt}"),
+                 "--pairing", "global"], worker_env(ports, index))
+
+    with Processes(str(tmp_path)) as procs:
+        workers = procs.cluster("worker", launch)
+        procs.wait([workers])
+    dumps = [np.load(tmp_path / f"out{workers.attempt}" / f"worker_{i}.npz") for i in range(2)]
+    records = [sorted(json.loads(str(d["info"]))["records"], key=lambda r: r["step"])
+               for d in dumps]
+    for a, b in zip(*records):
+        assert a["seed"] == b["seed"] and a["perm"] == b["perm"]  # one plan
+        assert sorted(a["perm"]) == list(range(8)) and a["batch"] == 4
+
+    x, y = data(16, seed=1, one_hot=True)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8, drop_remainder=True).repeat()
+    one_host = tiny_model("soft_patchup", seed=7, k=4, pairing="global", batchnorm=False)
+    one_host.compile(optimizer=TorchSGD(0.05))
+    one_host.fit(dataset, epochs=2, steps_per_epoch=2, verbose=0, shuffle=False, callbacks=[
+        keras.callbacks.LearningRateScheduler(lambda epoch, lr=None: 0.05 * 0.5 ** epoch)])
+    for i, expected in enumerate(one_host.trainable_variables):
+        np.testing.assert_array_equal(dumps[0][f"w{i}"], dumps[1][f"w{i}"])
+        np.testing.assert_allclose(dumps[0][f"w{i}"], expected.numpy(), rtol=0, atol=1e-6)
+
+
 # --------------------------------------------- scripts/train.py end to end
 def test_train_py_on_two_workers_only_the_chief_writes(tmp_path):
     def paths(attempt):  # a started-again cluster writes elsewhere

@@ -5,7 +5,8 @@ set; each trains with `patchup_tf.experiment.distributed.train_loop` under
 `MultiWorkerMirroredStrategy` and dumps to `OUT/worker_<index>.npz`: its
 trainable weights, its BN moving statistics, and per step what its replica
 saw (batch size, step seed, the plan's permutation, the sum of its images),
-plus the logs the callbacks received. The chief (worker 0) also saves a
+plus the logs the callbacks received. `--pairing global` mixes the global batch
+(no batch norm, so that the run equals one host's). The chief (worker 0) also saves a
 `.keras` file and a SavedModel alone, which must not need the other worker.
 """
 
@@ -76,6 +77,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--pairing", default="replica")  # "global": no BN (one-host equality)
     args = parser.parse_args()
     task = json.loads(os.environ["TF_CONFIG"])["task"]
     keras.utils.set_random_seed(0)
@@ -85,7 +87,8 @@ def main():
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(args.batch, drop_remainder=True)
     dataset = dataset.repeat()
     with strategy.scope():
-        model = tiny_model("soft_patchup", seed=7, cls=Recorder, k=4)
+        model = tiny_model("soft_patchup", seed=7, cls=Recorder, k=4, pairing=args.pairing,
+                           batchnorm=args.pairing == "replica")
         model.compile(optimizer=TorchSGD(0.05))
         model.optimizer.build(model.trainable_variables)
     catcher = LogCatcher()
