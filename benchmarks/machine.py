@@ -13,7 +13,10 @@ import sys
 
 from patchup_tf.precision import cpu_count, cpu_flags, cpu_model
 
-CPU_FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
+# The ISA flags that decide the kernels (TensorFlow turns oneDNN on by itself only
+# with AVX-512 VNNI/BF16, AVX-VNNI or AMX); an absent flag means the CPU lacks it.
+CPU_FLAGS_SHOWN = ("avx2", "fma", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16",
+                   "amx_bf16", "amx_tile", "avx512_fp16")
 ENV_KEYS = ("TF_ENABLE_ONEDNN_OPTS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "TF_XLA_FLAGS",
             "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "ONEDNN_MAX_CPU_ISA",
             "CUDA_VISIBLE_DEVICES", "KERAS_BACKEND")
@@ -76,6 +79,9 @@ def machine_info():
         "platform": platform.platform(),
         "versions": {name: package_version(name) for name in PACKAGES},
         "env": env_settings(),
+        # TF_ENABLE_ONEDNN_OPTS as TensorFlow will read it here ("unset": TensorFlow's own
+        # choice, which is off on a CPU without the flags above).
+        "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset"),
         "loadavg_start": loadavg(),
     }
 

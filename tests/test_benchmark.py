@@ -643,6 +643,17 @@ def test_config_tuples_and_labels():
         == ["vanilla", "mixup", "mixup"]
 
 
+def test_machine_records_isa_flags_and_onednn(monkeypatch):
+    """The machine facts name the CPU's ISA flags (of those shown) and the oneDNN setting."""
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
+    m = machine.machine_info()
+    assert m["onednn_opts"] == "1" and m["env"]["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    assert set(m["cpu_flags"]) <= set(machine.CPU_FLAGS_SHOWN)
+    assert set(m["cpu_flags"]) == set(machine.CPU_FLAGS_SHOWN) & set(machine.cpu_flags())
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS")
+    assert machine.machine_info()["onednn_opts"] == "unset"
+
+
 def test_peak_rss_helpers():
     assert machine.peak_rss_mb() > 0
     machine.reset_peak_rss()  # best effort; must not raise
