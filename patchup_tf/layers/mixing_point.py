@@ -60,20 +60,22 @@ class MixingContext:
     def _gather(self, x):
         return x if self.share is None else self.share.gather(x)
 
+    def _local(self, x):
+        return x if self.share is None else self.share.local(x)
+
     @property
     def local_result(self):
         """`self.result` of this replica's samples (the loss reads it)."""
-        if self.share is None:
-            return self.result
-        return self.result._replace(**{
-            field: self.share.local(getattr(self.result, field))
-            for field in ("features", "y_a", "y_b", "y_mix", "u")
-        })
+        return self.result._replace(
+            **{field: self._local(getattr(self.result, field))
+               for field in ("features", "y_a", "y_b", "y_mix", "u")})
 
     def mix(self, position, features):
         self.used_positions.add(position)
         if not self.method.acts_at(position):
             return features
+        # Across replicas at every position the method may act at: a
+        # collective op cannot sit inside the plan's `cond`.
         before = self.result._replace(features=self._gather(features))
         self.result = ops.cond(
             self.plan["active"][position],
@@ -81,7 +83,7 @@ class MixingContext:
             lambda: self.method.mix(position, before, self.plan)._replace(holes=None),
             lambda: before,
         )
-        return self.result.features if self.share is None else self.share.local(self.result.features)
+        return self._local(self.result.features)
 
 
 @contextlib.contextmanager
