@@ -28,8 +28,8 @@ _EXPORTS = {
     "MixingModel": "patchup_tf.training",
     "StopMixing": "patchup_tf.training",
     "TorchSGD": "patchup_tf.optimizer",
-    "attach": "patchup_tf.attach",
-    "cut_points": "patchup_tf.attach",
+    "attach": "patchup_tf.attachment",
+    "cut_points": "patchup_tf.attachment",
 }
 
 __all__ = sorted(_EXPORTS)

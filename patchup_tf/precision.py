@@ -39,7 +39,7 @@ a mixed-precision policy (Keras' advice: the last layer computes in float32),
 for networks other than `patchup_tf.models` (whose heads already do):
 pass it a Keras tensor (the logits, while building a functional model) or a
 functional/Sequential model (a new model over the same layers is returned,
-ready for `patchup_tf.attach.attach`).
+ready for `patchup_tf.attachment.attach`).
 """
 
 import contextlib
@@ -236,7 +236,7 @@ def _spec_builder(spec):
     method, classes = spec.get("method", "vanilla"), spec.get("num_classes", 10)
     name = application_name(spec["arch"])
     if name is not None:
-        from patchup_tf.attach import attach
+        from patchup_tf.attachment import attach
         from patchup_tf.models.applications import keras_application
 
         shape = tuple(spec.get("input_shape", (32, 32, 3)))

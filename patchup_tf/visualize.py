@@ -114,7 +114,7 @@ def feature_model(model, layer_names):
     """
     import keras
 
-    from patchup_tf.attach import layer_outputs
+    from patchup_tf.attachment import layer_outputs
 
     single = isinstance(layer_names, str)
     layers = _named_layers(model, [layer_names] if single else list(layer_names))

@@ -15,7 +15,7 @@ import pytest
 keras_hub = pytest.importorskip(
     "keras_hub", reason="keras-hub is not installed (the optional extra: pip install -e '.[hub]')")
 
-from patchup_tf.attach import attach, cut_points  # noqa: E402
+from patchup_tf.attachment import attach, cut_points  # noqa: E402
 from patchup_tf.layers import MixingPoint  # noqa: E402
 from tests.test_attach import (  # noqa: E402
     NUM_CLASSES,

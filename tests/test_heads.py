@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from patchup_tf import heads
-from patchup_tf.attach import attach
+from patchup_tf.attachment import attach
 from patchup_tf.training import MixingModel
 
 K = 4

@@ -19,7 +19,7 @@ LAYERS = (
     ("patchup_tf.layers",),
     ("patchup_tf.heads", "patchup_tf.optimizer", "patchup_tf.training", "patchup_tf.steptimer",
      "patchup_tf.any_size"),
-    ("patchup_tf.models", "patchup_tf.attach"),
+    ("patchup_tf.models", "patchup_tf.attachment"),
     ("patchup_tf.data", "patchup_tf.evaluation", "patchup_tf.precision", "patchup_tf.plots",
      "patchup_tf.visualize"),
     ("patchup_tf.experiment",),

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from patchup_tf import models
-from patchup_tf.attach import attach
+from patchup_tf.attachment import attach
 from patchup_tf.training import MixingModel
 from tests.helpers.tiny import data, tiny_layers
 

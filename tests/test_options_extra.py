@@ -548,7 +548,7 @@ def test_mirrored_strategy_with_per_sample_label_smoothing_and_stop_mixing():
 @pytest.mark.parametrize("method, options", [
     ("soft_patchup", {"k": 3}), ("dropblock", {"k": 2}), ("mixup_cutmix", {})])
 def test_attach_passes_the_new_options_through(method, options):
-    from patchup_tf.attach import attach
+    from patchup_tf.attachment import attach
 
     keras.utils.set_random_seed(0)
     net = keras.Sequential([

@@ -17,7 +17,7 @@ from patchup_tf.cli.tf_logging import TRAINER_PACKAGES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIBRARY = ("rules", "mixing", "draws", "losses", "methods", "heads", "errors", "files",
-           "optimizer", "training", "attach", "layers", "models")
+           "optimizer", "training", "attachment", "any_size", "backend", "layers", "models")
 
 
 def _requirements():

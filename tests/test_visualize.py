@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from patchup_tf.attach import attach
+from patchup_tf.attachment import attach
 from patchup_tf.layers import MixingPoint
 from patchup_tf.training import MixingModel
 from patchup_tf.visualize import (

@@ -35,7 +35,7 @@ import tensorflow as tf
 from patchup_tf import data as data_lib
 from patchup_tf import models
 from patchup_tf import precision as precision_lib
-from patchup_tf.attach import attach
+from patchup_tf.attachment import attach
 from patchup_tf.errors import NonFiniteLoss, UsageError
 from patchup_tf.evaluation import evaluate_affine_sets, evaluate_classifier, fgsm_sweep
 from patchup_tf.evaluation.report import EvaluationError, affine_set_paths

@@ -3,7 +3,7 @@
 `keras_application("ResNet50V2", (64, 64, 3), 10)` builds the application
 without its ImageNet top (`include_top=False`) and adds
 `GlobalAveragePooling2D` and `Dense(num_classes)` (logits, no softmax), ready
-for `patchup_tf.attach.attach`:
+for `patchup_tf.attachment.attach`:
 
 >>> model = keras_application("MobileNetV3Small", (64, 64, 3), 10)
 >>> trained = attach(model, "soft_patchup")

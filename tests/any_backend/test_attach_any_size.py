@@ -13,7 +13,7 @@ from keras import ops
 
 from patchup_tf import mixing
 from patchup_tf.any_size import AnySizeMixingModel
-from patchup_tf.attach import attach, cut_points
+from patchup_tf.attachment import attach, cut_points
 from patchup_tf.layers import MixingPoint
 from patchup_tf.optimizer import TorchSGD
 from patchup_tf.rules import mixing_point_name, patchup_block_size

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from patchup_tf.attach import attach, cut_points
+from patchup_tf.attachment import attach, cut_points
 from patchup_tf.layers import MixingPoint
 from patchup_tf.methods import METHODS, NUM_POSITIONS
 from patchup_tf.models.applications import (
@@ -419,3 +419,14 @@ def test_keras_application_loads_a_weights_file(tmp_path):
 def test_keras_application_bad_arguments(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
         keras_application(*args, **kwargs)
+
+
+def test_the_package_name_attach_is_the_function_whatever_was_imported_first():
+    import patchup_tf
+    import patchup_tf.attachment  # noqa: F401  (a module import must not shadow it)
+    from patchup_tf.models import build  # noqa: F401
+
+    assert callable(patchup_tf.attach) and patchup_tf.attach.__name__ == "attach"
+    from patchup_tf import attach as imported
+
+    assert imported is patchup_tf.attachment.attach
