@@ -339,13 +339,41 @@ def make_datasets(
     check_int("eval_batch_size", eval_batch_size, 1, allow_none=True)
     check_int("seed", seed, 0)
     check_int("image_size", image_size, 1, allow_none=True)
+    split = _split_flags(name, labels_per_class, valid_labels_per_class, seed)
+    data, aug, image_size = _read_data(name, data_dir, split, download=download,
+                                       image_size=image_size,
+                                       skip_bad_images=skip_bad_images)
+    _check_one_batch(name, data, batch_size)
+    spec = TrainSpec(
+        x=data.x_train, y=data.y_train, num_classes=len(data.class_names),
+        mean=tuple(data.mean), std=tuple(data.std), batch_size=batch_size, seed=seed,
+        augment=augment, flip=aug["flip"], pad=aug["pad"], image_size=image_size,
+    )
+    train = _one_epoch_per_iteration(spec)
+    valid, test = _eval_pipelines(data, eval_batch_size or batch_size, image_size)
+    return _assemble(data, spec, train, valid, test, image_size)
+
+
+def _split_flags(name, labels_per_class, valid_labels_per_class, seed):
+    """The `split_per_class` keywords: None counts become the seed's flags.
+
+    `DEFAULT_SPLIT` gives them per data set; a name it lacks keeps None.
+    """
     default_train, default_valid = DEFAULT_SPLIT.get(name, (None, None))
     if labels_per_class is None:
         labels_per_class = default_train
     if valid_labels_per_class is None:
         valid_labels_per_class = default_valid
-    split = dict(labels_per_class=labels_per_class,
-                 valid_labels_per_class=valid_labels_per_class, seed=seed)
+    return dict(labels_per_class=labels_per_class,
+                valid_labels_per_class=valid_labels_per_class, seed=seed)
+
+
+def _read_data(name, data_dir, split, *, download, image_size, skip_bad_images):
+    """Reads and splits a data set: `(FolderData, augmentation, image_size)`.
+
+    An image folder is resized when decoded, so its image size comes back
+    None; a loaded data set keeps `image_size` for its pipelines to apply.
+    """
     if reads_folder(name, data_dir):
         data = read_image_folder(name, data_dir, image_size=image_size,
                                  skip_bad_images=skip_bad_images, **split)
@@ -357,36 +385,43 @@ def make_datasets(
             *split_per_class(raw.x_train, raw.y_train, num_classes=NUM_CLASSES[name], **split),
             raw.x_test, raw.y_test, tuple(raw.class_names), *MEAN_STD[name], skipped=())
         aug = AUGMENTATION[name]
-    num_classes, mean, std = len(data.class_names), data.mean, data.std
+    return data, aug, image_size
+
+
+def _check_one_batch(name, data, batch_size):
+    """Raises `DataError` when the training split is smaller than one batch."""
     if len(data.y_train) < batch_size:
         raise DataError(
             f"The {name} training split holds {len(data.y_train)} images, fewer than "
             f"one batch of {batch_size}; lower `batch_size` or raise "
             "`labels_per_class`."
         )
-    spec = TrainSpec(
-        x=data.x_train, y=data.y_train, num_classes=num_classes, mean=tuple(mean),
-        std=tuple(std), batch_size=batch_size, seed=seed, augment=augment, flip=aug["flip"],
-        pad=aug["pad"], image_size=image_size,
-    )
-    train = _one_epoch_per_iteration(spec)
-    eval_batch_size = eval_batch_size or batch_size
-    valid = make_eval_dataset(data.x_valid, data.y_valid, num_classes, mean=mean, std=std,
-                              batch_size=eval_batch_size, image_size=image_size)
-    test = make_eval_dataset(data.x_test, data.y_test, num_classes, mean=mean, std=std,
-                             batch_size=eval_batch_size, image_size=image_size)
+
+
+def _eval_pipelines(data, batch_size, image_size):
+    """The validation and test pipelines (`make_eval_dataset`), in that order."""
+    num_classes = len(data.class_names)
+    valid = make_eval_dataset(data.x_valid, data.y_valid, num_classes, mean=data.mean,
+                              std=data.std, batch_size=batch_size, image_size=image_size)
+    test = make_eval_dataset(data.x_test, data.y_test, num_classes, mean=data.mean,
+                             std=data.std, batch_size=batch_size, image_size=image_size)
+    return valid, test
+
+
+def _assemble(data, spec, train, valid, test, image_size):
+    """The `Datasets` of the three pipelines, with the split's sizes and facts."""
     return Datasets(
         train=train,
         valid=valid,
         test=test,
-        num_classes=num_classes,
+        num_classes=len(data.class_names),
         class_names=tuple(data.class_names),
-        mean=tuple(mean),
-        std=tuple(std),
+        mean=tuple(data.mean),
+        std=tuple(data.std),
         train_size=len(data.y_train),
         valid_size=len(data.y_valid),
         test_size=len(data.y_test),
-        steps_per_epoch=len(data.y_train) // batch_size,
+        steps_per_epoch=len(data.y_train) // spec.batch_size,
         train_spec=spec,
         image_shape=(image_size, image_size, 3) if image_size else data.x_train.shape[1:],
         skipped=data.skipped,
