@@ -114,11 +114,31 @@ def keras_application(name, input_shape, num_classes, weights=None, bn_momentum=
     """
     _check_name(name)
     shape = _check_input_shape(name, input_shape)
+    _check_num_classes(num_classes)
+    _check_weights(weights)
+    _check_bn_momentum(bn_momentum)
+    _check_not_fixed(kwargs)
+    backbone = _backbone(name, shape, weights, kwargs)
+    if bn_momentum is not None:
+        _set_bn_momentum(backbone, bn_momentum)
+    inputs = keras.Input(shape, name="images")
+    x = backbone(inputs)
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)  # float32 logits
+    return keras.Model(inputs, logits, name=f"{name.lower()}_classifier")
+
+
+def _check_num_classes(num_classes):
+    """Raises `ValueError` unless `num_classes` is an int >= 2 (not a bool)."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(
             "Invalid value received for argument `num_classes`. Expected an int "
             f">= 2. Received: num_classes={num_classes!r}"
         )
+
+
+def _check_weights(weights):
+    """Raises `ValueError` unless `weights` is None, "imagenet" or an existing file."""
     if not (weights is None or weights == "imagenet" or (
         isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights)
     )):
@@ -127,6 +147,10 @@ def keras_application(name, input_shape, num_classes, weights=None, bn_momentum=
             "'imagenet' or the path of an existing weights file (e.g. "
             f"'backbone.weights.h5'). Received: weights={weights!r}"
         )
+
+
+def _check_bn_momentum(bn_momentum):
+    """Raises `ValueError` unless `bn_momentum` is None or a number in [0, 1)."""
     if bn_momentum is not None and not (
         isinstance(bn_momentum, (int, float)) and not isinstance(bn_momentum, bool)
         and 0 <= bn_momentum < 1
@@ -135,6 +159,10 @@ def keras_application(name, input_shape, num_classes, weights=None, bn_momentum=
             "Invalid value received for argument `bn_momentum`. Expected None "
             f"or a float in [0, 1), e.g. 0.9. Received: bn_momentum={bn_momentum!r}"
         )
+
+
+def _check_not_fixed(kwargs):
+    """Raises `ValueError` when `kwargs` names an argument `_FIXED` sets here."""
     fixed = sorted(set(kwargs) & set(_FIXED))
     if fixed:
         raise ValueError(
@@ -142,11 +170,20 @@ def keras_application(name, input_shape, num_classes, weights=None, bn_momentum=
             "itself (include_top=False plus a logits head; `weights` is its own "
             f"argument). Received: {', '.join(f'{k}={kwargs[k]!r}' for k in fixed)}"
         )
+
+
+def _backbone(name, shape, weights, kwargs):
+    """Constructs the application without its top (`include_top=False`).
+
+    `include_preprocessing` defaults to False where the constructor has it
+    (`kwargs` is updated); the constructor's own "at least HxW" `ValueError`
+    is raised again in this module's wording.
+    """
     constructor = getattr(keras.applications, name)
     if "include_preprocessing" in inspect.signature(constructor).parameters:
         kwargs.setdefault("include_preprocessing", False)
     try:
-        backbone = constructor(
+        return constructor(
             include_top=False, weights=None if weights is None else os.fspath(weights),
             input_shape=shape, **kwargs,
         )
@@ -159,18 +196,17 @@ def keras_application(name, input_shape, num_classes, weights=None, bn_momentum=
                 f"Received: input_shape={shape}"
             ) from error
         raise
-    if bn_momentum is not None:
-        stack = list(backbone.layers)
-        while stack:  # nested models included
-            layer = stack.pop()
-            stack.extend(getattr(layer, "layers", []) if isinstance(layer, keras.Model) else [])
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = float(bn_momentum)  # read at call time, saved in the config
-    inputs = keras.Input(shape, name="images")
-    x = backbone(inputs)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)  # float32 logits
-    return keras.Model(inputs, logits, name=f"{name.lower()}_classifier")
+
+
+def _set_bn_momentum(backbone, bn_momentum):
+    """Sets the momentum of every `BatchNormalization` layer of `backbone`,
+    nested models included."""
+    stack = list(backbone.layers)
+    while stack:  # nested models included
+        layer = stack.pop()
+        stack.extend(getattr(layer, "layers", []) if isinstance(layer, keras.Model) else [])
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = float(bn_momentum)  # read at call time, saved in the config
 
 
 __all__ = ["APPLICATION_NAMES", "keras_application", "min_input_size"]
