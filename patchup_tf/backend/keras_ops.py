@@ -13,6 +13,13 @@ from keras import ops
 
 from patchup_tf.rules import check_labels
 
+__all__ = [  # what `jax.py` and `torch.py` take as they are
+    "ITERATOR_TRAIN_FUNCTION", "Switch", "after_compile", "all_finite", "all_gather",
+    "argsort", "fold_in", "fuses_batch_norm", "gamma", "int32_seed", "loaded_compile_config",
+    "randint", "replica_id", "replicas_in_sync", "split", "step_seed",
+    "train_function_per_size", "uniform",
+]
+
 ITERATOR_TRAIN_FUNCTION = False
 """Keras' `train_function` takes the step's state and data, not an iterator."""
 _MASK31 = 0x7FFFFFFF

@@ -3,26 +3,7 @@ seed, labels checked eagerly, and Keras' own step run eagerly inside the
 batch's mixing context.
 """
 
-from patchup_tf.backend.keras_ops import (  # noqa: F401  (this backend's contract)
-    ITERATOR_TRAIN_FUNCTION,
-    Switch,
-    after_compile,
-    fuses_batch_norm,
-    all_finite,
-    all_gather,
-    argsort,
-    fold_in,
-    gamma,
-    int32_seed,
-    loaded_compile_config,
-    randint,
-    replica_id,
-    replicas_in_sync,
-    split,
-    step_seed,
-    train_function_per_size,
-    uniform,
-)
+from patchup_tf.backend.keras_ops import *  # noqa: F401,F403  (the shared contract)
 from patchup_tf.backend.keras_ops import eager_checked_labels as checked_labels  # noqa: F401
 
 
