@@ -317,3 +317,17 @@ def test_the_extra_flags():
     assert parse(["--mixed_precision", "False"])[0].mixed_precision is False
     # The last occurrence of a flag wins (the tests append overrides to the original lines).
     assert parse(["--epochs", "2000", "--epochs", "1"])[0].epochs == 1
+
+
+def test_pairing_flag_reaches_the_method_and_the_experiment_name():
+    assert resolved(["--method", "soft_patchup"])[1]["pairing"] == "replica"
+    assert resolved(["--method", "mixup", "--pairing", "global"])[1]["pairing"] == "global"
+    config = flags.RunConfig.from_argv(["--dataset", "digits", "--method", "cutmix",
+                                        "--pairing", "global"])
+    assert config.method_options["pairing"] == "global"
+    assert "_pairing_global" in config.name
+    default = flags.RunConfig.from_argv(["--dataset", "digits", "--method", "cutmix"])
+    assert "pairing" not in default.name  # the default keeps the reference's folder name
+    with pytest.raises(SystemExit) as exit_info:
+        flags.build_parser().parse_args(["--method", "mixup", "--pairing", "all"])
+    assert exit_info.value.code == 2
