@@ -372,45 +372,26 @@ def evaluate_model(loaded, dataset, raw, *, affine_paths=None, eps_list=None,
         set: `name, path, top1, top5, error, loss`), `fgsm_eps` and `fgsm`
         (`eps, accuracy, loss` per eps), plus `seconds`.
     """
-    from patchup_tf.data import MEAN_STD, NUM_CLASSES, normalize
+    from patchup_tf.data import NUM_CLASSES, normalize
     from patchup_tf.evaluation.affine import evaluate_affine_sets
     from patchup_tf.evaluation.fgsm import fgsm_sweep
     from patchup_tf.evaluation.metrics import evaluate_classifier
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise EvaluationError(f"batch size must be an integer >= 1, got {batch_size!r}")
+    _check_batch_size(batch_size)
     num_classes = NUM_CLASSES.get(dataset) or len(raw.class_names)
     image_shape = tuple(raw.x_test.shape[1:])
     check_model_fits(loaded, dataset, image_shape, num_classes)
     if eps_list is not None:
-        try:
-            eps_list = check_eps_list(eps_list)
-        except ValueError as e:
-            raise EvaluationError(str(e)) from None
+        eps_list = _checked_eps_list(eps_list)
     if affine_paths:
         _check_affine_dataset(dataset)
         check_affine_sets(affine_paths, raw.class_names, image_shape)
     start = time.time()
-    if mean_std is None and dataset not in MEAN_STD:
-        raise EvaluationError(
-            f"the normalisation of a model trained on {dataset} data is recorded in its "
-            "experiment folder's flags.json (data.mean, data.std): evaluate the experiment "
-            "folder, or a model inside it"
-        )
-    mean, std = mean_std if mean_std is not None else MEAN_STD[dataset]
+    mean, std = _normalisation(dataset, mean_std)
     x = normalize(raw.x_test, mean, std)
     test = tf.data.Dataset.from_tensor_slices((x, raw.y_test)).batch(batch_size)
-    results = {
-        "model": os.path.abspath(loaded.path),
-        "model_kind": loaded.kind,
-        "weights": os.path.abspath(loaded.weights),
-        "dataset": dataset,
-        "data_dir": None if data_dir is None else os.fspath(data_dir),
-        "num_test": int(raw.x_test.shape[0]),
-        "num_classes": int(num_classes),
-        "batch_size": batch_size,
-        "test": evaluate_classifier(loaded.classifier, test),
-    }
+    results = _model_facts(loaded, dataset, raw, data_dir, num_classes, batch_size)
+    results["test"] = evaluate_classifier(loaded.classifier, test)
     if affine_paths:
         results["affine"] = evaluate_affine_sets(
             loaded.classifier, affine_paths, mean, std, batch_size=batch_size
@@ -420,6 +401,51 @@ def evaluate_model(loaded, dataset, raw, *, affine_paths=None, eps_list=None,
         results["fgsm"] = fgsm_sweep(loaded.classifier, test, eps_list)
     results["seconds"] = time.time() - start
     return results
+
+
+def _check_batch_size(batch_size):
+    """Raises `EvaluationError` unless `batch_size` is an int >= 1 (not a bool)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise EvaluationError(f"batch size must be an integer >= 1, got {batch_size!r}")
+
+
+def _checked_eps_list(eps_list):
+    """`check_eps_list(eps_list)`, its `ValueError` raised as `EvaluationError`."""
+    try:
+        return check_eps_list(eps_list)
+    except ValueError as e:
+        raise EvaluationError(str(e)) from None
+
+
+def _normalisation(dataset, mean_std):
+    """The `(mean, std)` to normalise with: `mean_std`, else the data set's.
+
+    Raises `EvaluationError` when neither is known (an image folder's
+    statistics live in its experiment's flags.json).
+    """
+    from patchup_tf.data import MEAN_STD
+
+    if mean_std is None and dataset not in MEAN_STD:
+        raise EvaluationError(
+            f"the normalisation of a model trained on {dataset} data is recorded in its "
+            "experiment folder's flags.json (data.mean, data.std): evaluate the experiment "
+            "folder, or a model inside it"
+        )
+    return mean_std if mean_std is not None else MEAN_STD[dataset]
+
+
+def _model_facts(loaded, dataset, raw, data_dir, num_classes, batch_size):
+    """The results' first entries: the model, its data and the batch size."""
+    return {
+        "model": os.path.abspath(loaded.path),
+        "model_kind": loaded.kind,
+        "weights": os.path.abspath(loaded.weights),
+        "dataset": dataset,
+        "data_dir": None if data_dir is None else os.fspath(data_dir),
+        "num_test": int(raw.x_test.shape[0]),
+        "num_classes": int(num_classes),
+        "batch_size": batch_size,
+    }
 
 
 def format_results(results):
