@@ -366,50 +366,18 @@ def execute(runs, options):
         while pending or running:
             while pending and len(running) < parallel:
                 run = pending.popleft()
-                gpu = None
-                if gpus:
-                    busy = collections.Counter(g for _, g, *_ in running.values())
-                    gpu = min(gpus, key=lambda g: busy[g])
-                path = log_path(options.root_dir, run.name)
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                resumed = has_checkpoint(run.folder)
-                log = open(path, "a")
-                stamp = datetime.datetime.now().isoformat(timespec="seconds")
-                log.write(f"# {stamp} {shlex.join(run.command())}"
-                          + (f"  (CUDA_VISIBLE_DEVICES={gpu})" if gpu is not None else "") + "\n")
-                log.flush()
-                proc = subprocess.Popen(run.command(), stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env=child_env(parallel, gpu))
-                running[proc] = (run, gpu, time.monotonic(), resumed, log)
+                gpu = _least_busy_gpu(gpus, running)
+                proc, entry = _start_run(run, gpu, parallel, options.root_dir)
+                running[proc] = entry
             finished = [p for p in running if p.poll() is not None]
             if not finished:
                 time.sleep(0.2)
                 continue
             for proc in finished:
-                run, _, start, resumed, log = running.pop(proc)
-                log.close()
-                seconds = time.monotonic() - start
-                if proc.returncode == 0:
-                    done.append(run)
-                    progress.line("resumed" if resumed else "done", run,
-                                  _result_detail(run, seconds))
-                else:
-                    failed.append((run, proc.returncode))
-                    log_file = log_path(options.root_dir, run.name)
-                    progress.line("FAILED", run, f"exit {proc.returncode} after "
-                                  f"{_duration(seconds)}, log: {log_file}")
+                _record_finished(proc, running.pop(proc), done, failed, progress,
+                                 options.root_dir)
     except (KeyboardInterrupt, Interrupted):
-        for proc in running:
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + 30
-        for proc, (_, _, _, _, log) in running.items():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
+        _stop_running(running)
         print(f"sweep interrupted: {len(done)} done, {len(running)} stopped, "
               f"{len(pending)} not started; the same command continues it", flush=True)
         raise Interrupted from None
@@ -417,4 +385,66 @@ def execute(runs, options):
         for s, handler in previous.items():
             signal.signal(s, handler)
     return done, failed
+
+
+def _least_busy_gpu(gpus, running):
+    """The GPU of `gpus` with the fewest running runs (the first on a tie);
+    None without GPUs."""
+    gpu = None
+    if gpus:
+        busy = collections.Counter(g for _, g, *_ in running.values())
+        gpu = min(gpus, key=lambda g: busy[g])
+    return gpu
+
+
+def _start_run(run, gpu, parallel, root_dir):
+    """Starts `run` as a child process, its output appended to its log after a
+    header line (time, command, GPU).
+
+    Returns the process and its `(run, gpu, start, resumed, log)` entry.
+    """
+    path = log_path(root_dir, run.name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    resumed = has_checkpoint(run.folder)
+    log = open(path, "a")
+    stamp = datetime.datetime.now().isoformat(timespec="seconds")
+    log.write(f"# {stamp} {shlex.join(run.command())}"
+              + (f"  (CUDA_VISIBLE_DEVICES={gpu})" if gpu is not None else "") + "\n")
+    log.flush()
+    proc = subprocess.Popen(run.command(), stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, env=child_env(parallel, gpu))
+    return proc, (run, gpu, time.monotonic(), resumed, log)
+
+
+def _record_finished(proc, entry, done, failed, progress, root_dir):
+    """Closes a finished run's log, adds it to `done` or `failed` and prints
+    its progress line."""
+    run, _, start, resumed, log = entry
+    log.close()
+    seconds = time.monotonic() - start
+    if proc.returncode == 0:
+        done.append(run)
+        progress.line("resumed" if resumed else "done", run,
+                      _result_detail(run, seconds))
+    else:
+        failed.append((run, proc.returncode))
+        log_file = log_path(root_dir, run.name)
+        progress.line("FAILED", run, f"exit {proc.returncode} after "
+                      f"{_duration(seconds)}, log: {log_file}")
+
+
+def _stop_running(running):
+    """Terminates the running runs, kills those still alive after 30 s in all,
+    and closes their logs."""
+    for proc in running:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + 30
+    for proc, (_, _, _, _, log) in running.items():
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
 
