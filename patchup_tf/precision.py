@@ -360,11 +360,7 @@ def resolve_precision(requested="auto", *, arch="preactresnet18", batch_size=100
         `"float32"` or `"mixed_bfloat16"` for `"auto"`, else `requested`.
     """
     if requested != "auto":
-        if requested not in PRECISIONS:
-            raise ValueError(
-                f"Invalid value received for argument `requested`. Expected 'auto' or one of "
-                f"{', '.join(PRECISIONS)}. Received: requested={requested!r}"
-            )
+        _check_requested(requested)
         return requested
     choice = _rule(gpus, allow_probe, log)
     if choice is not None:
@@ -377,23 +373,46 @@ def resolve_precision(requested="auto", *, arch="preactresnet18", batch_size=100
     spec = {"arch": arch, "batch_size": batch_size, "input_shape": tuple(input_shape),
             "num_classes": num_classes, "steps": steps, "warmup": warmup}
     with _locked(path):
-        entry = None if _probe_setting() == "refresh" else load_cache(path).get(key)
-        if isinstance(entry, dict) and entry.get("choice") in ("float32", "mixed_bfloat16"):
-            detail = _fmt_figures(entry["figures"]) if entry.get("figures") else entry.get("reason")
-            log(f"precision auto: {entry['choice']} (cached probe of {entry.get('date', '?')}: "
-                f"{detail}; {path})")
-            return entry["choice"]
+        choice = _cached_choice(path, key, log)
+        if choice is not None:
+            return choice
         log(f"precision auto: timing one {model_name or arch} step (batch {batch_size}) in "
             "float32 and mixed_bfloat16 on this CPU, once (cached in " + path + ") ...")
         entry = _measure(spec, probe, model_builder, timeout)
         entry["key"] = json.loads(key)
-        try:
-            store_entry(path, key, entry)
-        except OSError as e:
-            log(f"precision auto: cannot write the cache {path}: {e}")
+        _store_or_warn(path, key, entry, log)
     detail = f"{_fmt_figures(entry['figures'])}; " if entry["figures"] else ""
     log(f"precision auto: {entry['choice']} ({detail}{entry['reason']})")
     return entry["choice"]
+
+
+def _check_requested(requested):
+    """Raises `ValueError` unless `requested` is one of `PRECISIONS`."""
+    if requested not in PRECISIONS:
+        raise ValueError(
+            f"Invalid value received for argument `requested`. Expected 'auto' or one of "
+            f"{', '.join(PRECISIONS)}. Received: requested={requested!r}"
+        )
+
+
+def _cached_choice(path, key, log):
+    """The cache's choice for `key` (logged), or None: none cached, or a
+    refresh asked for (`PROBE_ENV`)."""
+    entry = None if _probe_setting() == "refresh" else load_cache(path).get(key)
+    if isinstance(entry, dict) and entry.get("choice") in ("float32", "mixed_bfloat16"):
+        detail = _fmt_figures(entry["figures"]) if entry.get("figures") else entry.get("reason")
+        log(f"precision auto: {entry['choice']} (cached probe of {entry.get('date', '?')}: "
+            f"{detail}; {path})")
+        return entry["choice"]
+    return None
+
+
+def _store_or_warn(path, key, entry, log):
+    """Stores `entry` under `key` in the cache; a failed write is logged, not raised."""
+    try:
+        store_entry(path, key, entry)
+    except OSError as e:
+        log(f"precision auto: cannot write the cache {path}: {e}")
 
 
 def _probe_setting():
