@@ -241,17 +241,33 @@ def plot_figure1(data, path, title=None):
     hi = float(max(m.max() for m in (mean_a, mean_b, hard, soft)))
     if hi <= lo:
         hi = lo + 1e-6
-
-    def name(i):
-        label = int(data.labels[i])
-        if data.class_names:
-            return f"{data.class_names[i]} ({label})"
-        return f"class {label}"
-
     fig, axes = plt.subplots(2, 4, figsize=(12, 6.6))
-    panels = [
-        (axes[0, 0], data.images[0], f"(a) input a: {name(0)}", None),
-        (axes[0, 1], data.images[1], f"(b) input b: {name(1)}", None),
+    panels = _figure1_panels(data, axes, mask, mean_a, mean_b, hard, soft)
+    im = _draw_panels(panels, lo, hi)
+    fig.colorbar(im, ax=list(axes[1, :]), fraction=0.015, pad=0.02, label="channel mean")
+    _figure1_footnote(fig, data)
+    title = title or "PatchUp on the feature maps (channel means)"
+    fig.suptitle(textwrap.fill(title, 110), fontsize=11 if len(title) <= 110 else 9)
+    _save_png(fig, path)
+    plt.close(fig)
+    return path
+
+
+def _figure1_label(data, i):
+    """Image `i`'s class as a panel title names it: its name and label, or
+    `class <label>` without class names."""
+    label = int(data.labels[i])
+    if data.class_names:
+        return f"{data.class_names[i]} ({label})"
+    return f"class {label}"
+
+
+def _figure1_panels(data, axes, mask, mean_a, mean_b, hard, soft):
+    """Figure 1's eight panels: `(axes, image, title, colour map)`, where the
+    map None is an input image and `"mask"` a mask."""
+    return [
+        (axes[0, 0], data.images[0], f"(a) input a: {_figure1_label(data, 0)}", None),
+        (axes[0, 1], data.images[1], f"(b) input b: {_figure1_label(data, 1)}", None),
         (axes[0, 2], mask, f"PatchUp mask M at {data.layer}\n(channel mean of the holes)", "mask"),
         (axes[0, 3], data.holes[..., 0], "M, channel 0\n(binary: 1 = patched)", "mask"),
         (axes[1, 0], mean_a, f"features of a at {data.layer}", "viridis"),
@@ -259,6 +275,11 @@ def plot_figure1(data, path, title=None):
         (axes[1, 2], hard, "hard PatchUp: (1-M) a + M b", "viridis"),
         (axes[1, 3], soft, "soft PatchUp: (1-M) a + M mix(a, b)", "viridis"),
     ]
+
+
+def _draw_panels(panels, lo, hi):
+    """Draws each panel, feature maps on the shared scale `[lo, hi]`; returns
+    the last feature map's image (for the colour bar), None without one."""
     im = None
     for ax, img, text, cmap in panels:
         if cmap is None:
@@ -272,7 +293,11 @@ def plot_figure1(data, path, title=None):
         ax.set_title(text, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.colorbar(im, ax=list(axes[1, :]), fraction=0.015, pad=0.02, label="channel mean")
+    return im
+
+
+def _figure1_footnote(fig, data):
+    """Writes Figure 1's parameters as a footnote under its panels."""
     h, w, c = data.holes.shape
     fig.text(
         0.5, 0.015,
@@ -282,12 +307,6 @@ def plot_figure1(data, path, title=None):
         "mask panels: black = patched",
         ha="center", fontsize=8,
     )
-    title = title or "PatchUp on the feature maps (channel means)"
-    fig.suptitle(textwrap.fill(title, 110), fontsize=11 if len(title) <= 110 else 9)
-    _save_png(fig, path)
-    plt.close(fig)
-    return path
-
 
 # --------------------------------------------------------- activation study
 class ActivationResult(dict):
