@@ -158,26 +158,36 @@ def train_loop(model, dataset, *, epochs, initial_epoch=0, steps_per_epoch, lr_a
     logs = {}
     callback_list.on_train_begin()
     for epoch in range(initial_epoch, epochs):
-        model.reset_metrics()
-        if lr_at is not None:
-            model.optimizer.learning_rate.assign(float(lr_at(epoch)))
-        callback_list.on_epoch_begin(epoch)
-        if verbose:
-            print(f"Epoch {epoch + 1}/{epochs}", file=sys.stdout, flush=True)
-        progbar = keras.utils.Progbar(steps_per_epoch, verbose=verbose, unit_name="step")
-        for batch in range(steps_per_epoch):
-            callback_list.on_train_batch_begin(batch)
-            logs = {name: float(value) for name, value in step(iterator).items()}
-            callback_list.on_train_batch_end(batch, logs)
-            if model.stop_training:
-                break
-            progbar.update(batch + 1, list(logs.items()), finalize=batch + 1 == steps_per_epoch)
-        epoch_logs = dict(logs)
-        epoch_logs["learning_rate"] = float(model.optimizer.learning_rate.numpy())
-        callback_list.on_epoch_end(epoch, epoch_logs)
+        logs = _run_epoch(model, step, iterator, callback_list, epoch, epochs=epochs,
+                          steps_per_epoch=steps_per_epoch, lr_at=lr_at, verbose=verbose)
         if model.stop_training:
             break
     callback_list.on_train_end(logs)
     # The chief may still be writing this epoch's files; wait for it.
     barrier(strategy)
     return model.history
+
+
+def _run_epoch(model, step, iterator, callback_list, epoch, *, epochs, steps_per_epoch,
+               lr_at, verbose):
+    """Runs epoch `epoch` of `train_loop`: its learning rate, its steps (until
+    `model.stop_training`) and their callbacks; returns the last step's logs.
+    """
+    model.reset_metrics()
+    if lr_at is not None:
+        model.optimizer.learning_rate.assign(float(lr_at(epoch)))
+    callback_list.on_epoch_begin(epoch)
+    if verbose:
+        print(f"Epoch {epoch + 1}/{epochs}", file=sys.stdout, flush=True)
+    progbar = keras.utils.Progbar(steps_per_epoch, verbose=verbose, unit_name="step")
+    for batch in range(steps_per_epoch):
+        callback_list.on_train_batch_begin(batch)
+        logs = {name: float(value) for name, value in step(iterator).items()}
+        callback_list.on_train_batch_end(batch, logs)
+        if model.stop_training:
+            break
+        progbar.update(batch + 1, list(logs.items()), finalize=batch + 1 == steps_per_epoch)
+    epoch_logs = dict(logs)
+    epoch_logs["learning_rate"] = float(model.optimizer.learning_rate.numpy())
+    callback_list.on_epoch_end(epoch, epoch_logs)
+    return logs
