@@ -111,16 +111,7 @@ def run_figure1(args):
     from patchup_tf.evaluation.report import check_model_fits
     from patchup_tf.visualize import figure1_data, plot_figure1
 
-    if not 1 <= args.position <= 4:
-        fail(f"--position must be 1..4 (PatchUp acts on feature maps there), got {args.position}")
-    if not 0 < args.gamma <= 1:
-        fail(f"--gamma must be in (0, 1], got {args.gamma:g}")
-    if args.block < 1 or args.block % 2 == 0:
-        fail(f"--block must be a positive odd number, got {args.block}")
-    if args.lam is not None and not 0 <= args.lam <= 1:
-        fail(f"--lam must be in [0, 1], got {args.lam:g}")
-    if args.seed < 0:
-        fail(f"--seed must be >= 0, got {args.seed}")
+    _check_figure1_args(args)
     loaded = _keras_model(args.model) if args.model else None
     dataset = args.dataset or (loaded.dataset if loaded else None) or "digits"
     raw, (mean, std) = _data(dataset, args.data_dir or (loaded.data_dir if loaded else None))
@@ -139,6 +130,39 @@ def run_figure1(args):
         model = build(args.arch, NUM_CLASSES[dataset], seed=args.seed,
                       input_shape=raw.x_test.shape[1:])
         source = title_source = f"fresh (untrained) {args.arch}"
+    a, b = _figure1_pair(args, raw)
+    idx = np.array([a, b])
+    names = [raw.class_names[int(raw.y_test[i])] for i in idx]
+    data = figure1_data(
+        model, raw.x_test[idx], raw.y_test[idx], mean, std, position=args.position,
+        gamma=args.gamma, block_size=args.block, lam=args.lam, alpha=args.alpha,
+        seed=args.seed, class_names=names,
+    )
+    title = f"PatchUp at {data.layer} of a {title_source} on {dataset} test images {a} and {b}"
+    plot_figure1(data, args.out, title=title)
+    _print_figure1(data, dataset, (a, b), names, source, args.out)
+
+
+def _check_figure1_args(args):
+    """Fails (exit 2) on a figure1 option out of its range."""
+    if not 1 <= args.position <= 4:
+        fail(f"--position must be 1..4 (PatchUp acts on feature maps there), got {args.position}")
+    if not 0 < args.gamma <= 1:
+        fail(f"--gamma must be in (0, 1], got {args.gamma:g}")
+    if args.block < 1 or args.block % 2 == 0:
+        fail(f"--block must be a positive odd number, got {args.block}")
+    if args.lam is not None and not 0 <= args.lam <= 1:
+        fail(f"--lam must be in [0, 1], got {args.lam:g}")
+    if args.seed < 0:
+        fail(f"--seed must be >= 0, got {args.seed}")
+
+
+def _figure1_pair(args, raw):
+    """The test images a and b: `--index_a`, and `--index_b` or else the next
+    image of another class (wrapping round; a + 1 when all share a's class).
+
+    Fails (exit 2) on an index outside the test set.
+    """
     n = raw.x_test.shape[0]
     a = args.index_a
     if not 0 <= a < n:
@@ -151,20 +175,17 @@ def run_figure1(args):
         b = args.index_b
         if not 0 <= b < n:
             fail(f"--index_b must be in 0..{n - 1}, got {b}")
-    idx = np.array([a, b])
-    names = [raw.class_names[int(raw.y_test[i])] for i in idx]
-    data = figure1_data(
-        model, raw.x_test[idx], raw.y_test[idx], mean, std, position=args.position,
-        gamma=args.gamma, block_size=args.block, lam=args.lam, alpha=args.alpha,
-        seed=args.seed, class_names=names,
-    )
-    title = f"PatchUp at {data.layer} of a {title_source} on {dataset} test images {a} and {b}"
-    plot_figure1(data, args.out, title=title)
+    return a, b
+
+
+def _print_figure1(data, dataset, pair, names, source, out):
+    """Prints what Figure 1 shows (images, model, parameters) and where it went."""
+    a, b = pair
     h, w, c = data.holes.shape
     print(f"{dataset} test images {a} ({names[0]}) and {b} ({names[1]}); {source}")
     print(f"{data.layer}: {h}x{w}x{c} features, block {data.block_size}, gamma {data.gamma:g}, "
           f"patched share {data.q:.3f}, soft lam {data.lam:.3f}, seed {data.seed}")
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 def run_curves(args):
