@@ -44,7 +44,7 @@ setup(
     python_requires=">=3.9",
     # The library (mixing ops, layers, models, MixingModel, attach) needs Keras
     # and NumPy only and runs on any Keras backend; the trainer and its
-    # programs (patchup_tf.data, evaluation, experiment, cli, plots) need the
+    # programs (the application, patchup_tf.app) need the
     # `train` extra.
     install_requires=["keras>=3.0", "numpy"],
     extras_require={
@@ -65,12 +65,12 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "patchup-train = patchup_tf.cli.train:main",
-            "patchup-evaluate = patchup_tf.cli.evaluate:main",
-            "patchup-make-affine-sets = patchup_tf.cli.make_affine_sets:main",
-            "patchup-visualize = patchup_tf.cli.visualize:main",
-            "patchup-sweep = patchup_tf.cli.sweep:main",
-            "patchup-compare = patchup_tf.cli.compare:main",
+            "patchup-train = patchup_tf.app.cli.train:main",
+            "patchup-evaluate = patchup_tf.app.cli.evaluate:main",
+            "patchup-make-affine-sets = patchup_tf.app.cli.make_affine_sets:main",
+            "patchup-visualize = patchup_tf.app.cli.visualize:main",
+            "patchup-sweep = patchup_tf.app.cli.sweep:main",
+            "patchup-compare = patchup_tf.app.cli.compare:main",
         ],
     },
 )

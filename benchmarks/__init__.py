@@ -10,5 +10,5 @@ processes and their pipe protocol), `interleave` (windows interleaved
 across workers, isolated runs), `tf_worker` and
 `torch_original` (the two kinds of worker), `pipeline` and `mix_ops` (the
 input pipeline and PatchUp's own ops alone), `ratios`, `report` (the table
-and JSON). Every step is timed by `patchup_tf.steptimer`.
+and JSON). Every step is timed by `patchup_tf.app.steptimer`.
 """

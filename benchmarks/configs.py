@@ -4,7 +4,7 @@ checks and what a backend cannot run."""
 
 import itertools
 
-from patchup_tf.rules import PRECISIONS
+from patchup_tf.app.constants import PRECISIONS
 from patchup_tf.rules import METHODS, check_choice, invalid
 
 IMPL = "patchup_tf"

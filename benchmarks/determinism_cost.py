@@ -24,7 +24,7 @@ import subprocess
 import sys
 
 from benchmarks.machine import cpu_model
-from patchup_tf.cli import process_settings
+from patchup_tf.app.cli import process_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,14 +32,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def worker(args):
     """One setting: reads 'window' lines on stdin, answers JSON lines."""
     if args.deterministic:
-        from patchup_tf.experiment.run import configure_determinism
+        from patchup_tf.app.experiment.run import configure_determinism
 
         configure_determinism()
     import keras
 
-    from patchup_tf import data as data_lib
+    from patchup_tf.app import data as data_lib
     from patchup_tf import models
-    from patchup_tf.steptimer import KerasSteps
+    from patchup_tf.app.steptimer import KerasSteps
     from patchup_tf.training import recipe
 
     keras.utils.set_random_seed(0)

@@ -1,5 +1,5 @@
 """The machine and software the numbers come from (imports nothing but the
-standard library and `patchup_tf.precision`'s CPU facts, which import no
+standard library and `patchup_tf.app.precision`'s CPU facts, which import no
 TensorFlow)."""
 
 import datetime
@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 
-from patchup_tf.precision import cpu_count, cpu_flags, cpu_model
+from patchup_tf.app.precision import cpu_count, cpu_flags, cpu_model
 
 # The ISA flags that decide the kernels (TensorFlow turns oneDNN on by itself only
 # with AVX-512 VNNI/BF16, AVX-VNNI or AMX); an absent flag means the CPU lacks it.

@@ -42,7 +42,7 @@ def _mix_function(mode, width, batch_size, seed, xla):
 def _time_op(mode, position, *, batch_size, precision, xla, windows, calls, seed):
     import tensorflow as tf
 
-    from patchup_tf.steptimer import time_steps
+    from patchup_tf.app.steptimer import time_steps
 
     width, channels = SHAPES[position]
     dtype = tf.bfloat16 if precision == "mixed_bfloat16" else tf.float32

@@ -11,7 +11,7 @@ PIPELINES = ("digits", "synthetic")
 
 def _stream(kind, batch_size, synthetic_images, seed):
     """`(dataset, name)` of the trainer's stream for `kind`."""
-    from patchup_tf import data as data_lib
+    from patchup_tf.app import data as data_lib
     from patchup_tf.rules import check_choice
 
     check_choice("pipeline", kind, PIPELINES)
@@ -33,7 +33,7 @@ def bench_pipeline(kind, *, batch_size, batches, windows, synthetic_images=10000
     (random uint8 `(N, 32, 32, 3)` through the same `train_epochs` stream
     with CIFAR's flip and pad-crop). Each window takes `batches` batches.
     """
-    from patchup_tf.steptimer import time_steps
+    from patchup_tf.app.steptimer import time_steps
 
     start = time.perf_counter()
     dataset, name = _stream(kind, batch_size, synthetic_images, seed)

@@ -17,7 +17,7 @@ import os
 import sys
 import tempfile
 
-from patchup_tf.cli import process_settings
+from patchup_tf.app.cli import process_settings
 
 
 def op_stats(logdir):

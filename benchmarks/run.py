@@ -6,7 +6,7 @@ pipeline, memory, and the PyTorch original side by side.
 
 For every configuration asked for (arch, method, precision, XLA, BatchNorm
 kind, input) it times the training step as `model.fit` runs it
-(`patchup_tf.steptimer`): the median over `--windows` windows of `--steps`
+(`patchup_tf.app.steptimer`): the median over `--windows` windows of `--steps`
 steps after a warm-up, with the process CPU seconds per step beside the
 wall-clock img/s (CPU time is robust to other load on the machine). It
 reports ratios (to vanilla, to the original, of the pipeline to the fastest
@@ -45,7 +45,7 @@ from benchmarks.interleave import bench_workers, run_isolated
 from benchmarks.machine import loadavg, machine_info, peak_rss_mb
 from benchmarks.ratios import add_ratios
 from benchmarks.report import format_table, write_results
-from patchup_tf.cli import process_settings
+from patchup_tf.app.cli import process_settings
 
 
 def _torch_configs(a, log):
@@ -259,7 +259,7 @@ def _positive_int(text):
 
 def _add_what(p):
     """What to time: the configurations."""
-    from patchup_tf.rules import PRECISIONS
+    from patchup_tf.app.constants import PRECISIONS
 
     p.add_argument("--archs", nargs="+", default=["preactresnet18"])
     p.add_argument("--methods", nargs="+", default=None,

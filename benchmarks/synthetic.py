@@ -50,7 +50,7 @@ def trainer_stream(x, y, num_classes, *, batch_size, seed=0, flip=True, pad=2,
     """
     import types
 
-    from patchup_tf import data as data_lib
+    from patchup_tf.app import data as data_lib
 
     mean, std = data_lib.MEAN_STD[dataset]
     spec = data_lib.TrainSpec(x=x, y=y, num_classes=num_classes, mean=tuple(mean),

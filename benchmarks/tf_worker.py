@@ -6,7 +6,7 @@ import sys
 
 from benchmarks.train_bench import backend_info, build_bench
 from benchmarks.workers import serve
-from patchup_tf.cli import process_settings
+from patchup_tf.app.cli import process_settings
 
 
 def command(python=None):

@@ -202,7 +202,7 @@ class TorchBench:
             self.torch.cuda.synchronize()
 
     def time(self, steps):
-        from patchup_tf.steptimer import time_steps
+        from patchup_tf.app.steptimer import time_steps
 
         loader = self._loader(steps)
         return time_steps(lambda: self._train(loader), steps, sync=self._sync,

@@ -3,7 +3,7 @@ and the in-process round-robin over several of them.
 
 The model is `patchup_tf.models.build`'s, compiled with `recipe()`'s
 optimizer and `jit_compile=xla`; its step is timed as `model.fit` runs it
-(`patchup_tf.steptimer.KerasSteps`). Inputs (`input=`): `"batches"` feeds
+(`patchup_tf.app.steptimer.KerasSteps`). Inputs (`input=`): `"batches"` feeds
 pre-made in-memory batches (the step alone); `"trainer"` feeds the
 trainer's own stream over synthetic uint8 images (end to end). The config's
 `backend` must be the Keras backend of this process; off TensorFlow the
@@ -55,7 +55,7 @@ class TrainBench:
                  synthetic_images=10000):
         import keras
 
-        from patchup_tf.steptimer import KerasSteps
+        from patchup_tf.app.steptimer import KerasSteps
 
         self.config = {**as_config(config), "batch_size": batch_size}
         self.batch_size, self.timer = batch_size, timer

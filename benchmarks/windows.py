@@ -1,5 +1,5 @@
 """A configuration's timed windows: each window is `steps` steps timed by
-`patchup_tf.steptimer`, answered as per-step seconds, summarised by the
+`patchup_tf.app.steptimer`, answered as per-step seconds, summarised by the
 median."""
 
 import statistics

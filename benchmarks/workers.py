@@ -30,7 +30,7 @@ import tempfile
 
 from benchmarks.configs import error_row
 from benchmarks.machine import env_settings, peak_rss_mb
-from patchup_tf.cli import process_settings
+from patchup_tf.app.cli import process_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,7 +1,7 @@
 """The two ways a run can fail that are the user's to fix.
 
 The library and the trainer raise these; the command-line programs
-(`patchup_tf.cli`) turn them into one `error: ...` line and an exit code.
+(`patchup_tf.app.cli`) turn them into one `error: ...` line and an exit code.
 """
 
 

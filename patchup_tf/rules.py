@@ -15,22 +15,9 @@ from typing import Optional, Tuple
 import numpy as np
 
 NUM_POSITIONS = 5  # 0 = input images, 1 = after the stem, 2..4 = after stages 1..3
-DATASETS = ("cifar10", "cifar100", "svhn", "digits", "folder")
-FOLDER = "folder"  # a user's images, one sub-folder per class (`--data_dir DIR`)
-FOLDER_SPLITS = ("train", "valid", "test")  # DIR/<split>/<class>/...; valid/ is optional
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # lower case; names match any case
-# Data sets that are also read from a folder per class (DIR/train/<class>/), with
-# their class order (CIFAR-10's is its label order, which is also alphabetical).
-FOLDER_CLASSES = {
-    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                "ship", "truck"),
-}
-AFFINE_DATASETS = ("cifar100", FOLDER)  # whose test split the deformed sets may come from
 ARCHS = ("preactresnet18", "preactresnet34", "wrn28_10", "wrn28_2")
 LOSSES = ("bce", "ce")
 PATCHUP_MODES = ("soft", "hard")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # Keras dtype policies
-FGSM_EPS = (0.0, 0.05, 0.1, 0.12, 0.15, 0.18, 0.2)  # the paper's FGSM sweep
 KERAS_ARCH_PREFIX = "keras:"  # --arch keras:<Name>: a keras.applications network
 
 
@@ -142,18 +129,6 @@ def check_int(name, value, minimum, allow_none=False):
     return int(value)
 
 
-def check_eps_list(eps_list):
-    """FGSM's eps values as floats; each a finite number >= 0, at least one."""
-    values = []
-    for eps in eps_list:
-        if not (is_real(eps) and math.isfinite(float(eps)) and float(eps) >= 0):
-            raise ValueError(f"FGSM eps must be a finite number >= 0, got {eps!r}")
-        values.append(float(eps))
-    if not values:
-        raise ValueError("FGSM needs at least one eps")
-    return values
-
-
 def label_checks(k):
     """`(message, is_bad(labels))` of the class-label checks, in order, for a
     model with `k` classes (`labels`: a NumPy array or a tensor)."""
@@ -204,13 +179,6 @@ def patchup_block_size(width, block_size=7):
     else:
         b = min(block_size, 3)
     return min(b, largest_odd(width))
-
-
-def cutout_default(dataset, arch):
-    """The paper's Cutout side: 20 on SVHN, 8 for WRN, 16 for PreActResNet."""
-    if dataset == "svhn":
-        return 20
-    return 8 if arch.startswith("wrn") else 16
 
 
 # ---------------------------------------------------------------- options

@@ -1,8 +1,8 @@
-"""`patchup-compare`: see `patchup_tf.cli.compare` (`python scripts/compare.py --help`)."""
+"""`patchup-compare`: see `patchup_tf.app.cli.compare` (`python scripts/compare.py --help`)."""
 
 import sys
 
-from patchup_tf.cli.compare import main
+from patchup_tf.app.cli.compare import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,8 +1,8 @@
-"""`patchup-evaluate`: see `patchup_tf.cli.evaluate` (`python scripts/evaluate.py --help`)."""
+"""`patchup-evaluate`: see `patchup_tf.app.cli.evaluate` (`python scripts/evaluate.py --help`)."""
 
 import sys
 
-from patchup_tf.cli.evaluate import main
+from patchup_tf.app.cli.evaluate import main
 
 if __name__ == "__main__":
     sys.exit(main())

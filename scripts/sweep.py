@@ -1,8 +1,8 @@
-"""`patchup-sweep`: see `patchup_tf.cli.sweep` (`python scripts/sweep.py --help`)."""
+"""`patchup-sweep`: see `patchup_tf.app.cli.sweep` (`python scripts/sweep.py --help`)."""
 
 import sys
 
-from patchup_tf.cli.sweep import main
+from patchup_tf.app.cli.sweep import main
 
 if __name__ == "__main__":
     sys.exit(main())

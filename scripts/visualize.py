@@ -1,8 +1,8 @@
-"""`patchup-visualize`: see `patchup_tf.cli.visualize` (`python scripts/visualize.py --help`)."""
+"""`patchup-visualize`: see `patchup_tf.app.cli.visualize` (`python scripts/visualize.py --help`)."""
 
 import sys
 
-from patchup_tf.cli.visualize import main
+from patchup_tf.app.cli.visualize import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,10 +5,10 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # `--precision auto` decides by the AMX rule, without a timed probe, in every
-# test and every process a test starts (tests/test_precision.py measures).
+# test and every process a test starts (tests/app/test_precision.py measures).
 os.environ.setdefault("PATCHUP_TF_PRECISION_PROBE", "0")
 # TensorFlow's oneDNN kernels, as every program turns them on
-# (`patchup_tf.cli.process_settings`): the tests run the programs' kernels.
+# (`patchup_tf.app.cli.process_settings`): the tests run the programs' kernels.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import keras  # noqa: E402

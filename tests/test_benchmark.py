@@ -289,7 +289,7 @@ TORCH_WORKER = textwrap.dedent('''
 
     from benchmarks.windows import Timed
     from benchmarks.workers import serve
-    from patchup_tf.steptimer import time_steps
+    from patchup_tf.app.steptimer import time_steps
 
 
     class Bench:

@@ -204,13 +204,13 @@ def flags_from_help(main):
 
 
 def _trainer():
-    from patchup_tf.experiment import config
+    from patchup_tf.app.experiment import config
 
     return option_strings(config.build_parser())
 
 
 def _sweep():
-    from patchup_tf.tools import sweep
+    from patchup_tf.app.tools import sweep
 
     own = set()
     for flag in ("--parallel", "--gpus", "--dry_run", "--shard", "--root_dir", "--help"):
@@ -230,7 +230,7 @@ def _parser_of(module, function="build_parser"):
 
 
 def _precision():
-    from patchup_tf import precision
+    from patchup_tf.app import precision
 
     return flags_from_help(precision._main)
 
@@ -238,17 +238,17 @@ def _precision():
 # A program as the docs call it: (how a command names it, its flags).
 PROGRAMS = {
     "train": (("train.py", "patchup-train"), _trainer),
-    "evaluate": (("evaluate.py", "patchup-evaluate"), _parser_of("patchup_tf.cli.evaluate")),
+    "evaluate": (("evaluate.py", "patchup-evaluate"), _parser_of("patchup_tf.app.cli.evaluate")),
     "make_affine_sets": (("make_affine_sets.py", "make_affine_sets", "patchup-make-affine-sets"),
-                         _parser_of("patchup_tf.cli.make_affine_sets")),
-    "visualize": (("visualize.py", "patchup-visualize"), _parser_of("patchup_tf.cli.visualize")),
+                         _parser_of("patchup_tf.app.cli.make_affine_sets")),
+    "visualize": (("visualize.py", "patchup-visualize"), _parser_of("patchup_tf.app.cli.visualize")),
     "sweep": (("sweep.py", "patchup-sweep"), _sweep),
-    "compare": (("compare.py", "patchup-compare"), _parser_of("patchup_tf.cli.compare")),
+    "compare": (("compare.py", "patchup-compare"), _parser_of("patchup_tf.app.cli.compare")),
     "benchmarks": (("-m benchmarks", "-m benchmarks.run"), _parser_of("benchmarks.run")),
     "gpu_bench": (("-m benchmarks.gpu_bench",), _parser_of("benchmarks.gpu_bench", "_parser")),
     "determinism_cost": (("-m benchmarks.determinism_cost",),
                          _parser_of("benchmarks.determinism_cost", "_parser")),
-    "precision": (("-m patchup_tf.precision",), _precision),
+    "precision": (("-m patchup_tf.app.precision",), _precision),
 }
 
 
@@ -350,7 +350,7 @@ def trainer_table_flags():
 
 
 def test_the_trainer_flag_table_is_the_help():
-    from patchup_tf.experiment import config
+    from patchup_tf.app.experiment import config
 
     parser = config.build_parser()
     shown = {s for a in parser._actions if a.help != argparse.SUPPRESS

@@ -17,13 +17,14 @@ LAYERS = (
     ("patchup_tf.draws", "patchup_tf.mixing", "patchup_tf.losses"),
     ("patchup_tf.methods",),
     ("patchup_tf.layers",),
-    ("patchup_tf.heads", "patchup_tf.optimizer", "patchup_tf.training", "patchup_tf.steptimer",
-     "patchup_tf.any_size"),
+    ("patchup_tf.heads", "patchup_tf.optimizer", "patchup_tf.training", "patchup_tf.any_size"),
     ("patchup_tf.models", "patchup_tf.attachment"),
-    ("patchup_tf.data", "patchup_tf.evaluation", "patchup_tf.precision", "patchup_tf.plots",
-     "patchup_tf.visualize"),
-    ("patchup_tf.experiment",),
-    ("patchup_tf.tools", "patchup_tf.cli"),
+    # the application, above the whole library
+    ("patchup_tf.app", "patchup_tf.app.constants", "patchup_tf.app.steptimer"),
+    ("patchup_tf.app.data", "patchup_tf.app.evaluation", "patchup_tf.app.precision",
+     "patchup_tf.app.plots", "patchup_tf.app.visualize"),
+    ("patchup_tf.app.experiment",),
+    ("patchup_tf.app.tools", "patchup_tf.app.cli"),
 )
 
 

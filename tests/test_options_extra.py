@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from patchup_tf import losses
-from patchup_tf.experiment import config as flags
+from patchup_tf.app.experiment import config as flags
 from patchup_tf.methods import NUM_POSITIONS, Method
 from patchup_tf.mixing import MixResult
 from patchup_tf.optimizer import TorchSGD
@@ -410,7 +410,7 @@ def test_out_of_range_new_flags_name_their_flag(argv, flag):
 
 
 def test_the_command_line_exits_2_naming_the_flag(capsys):
-    from patchup_tf.cli.train import main
+    from patchup_tf.app.cli.train import main
 
     for argv, flag in ((["--method", "cutout", "--per_sample", "True"], "--per_sample"),
                        (["--method", "mixup", "--label_smoothing", "1.0"], "--label_smoothing"),
@@ -424,7 +424,7 @@ def test_the_command_line_exits_2_naming_the_flag(capsys):
 
 def test_mix_off_epoch_reaches_the_training_run(tmp_path, monkeypatch):
     """`--mix_off_epoch 1`: the run's first epoch mixes, the second does not."""
-    from patchup_tf.experiment import run as experiment
+    from patchup_tf.app.experiment import run as experiment
 
     seen = []
     original = MixingModel.set_mixing

@@ -13,11 +13,23 @@ import sys
 import pytest
 from packaging.requirements import Requirement
 
-from patchup_tf.cli.tf_logging import TRAINER_PACKAGES
+from patchup_tf.app.cli.tf_logging import TRAINER_PACKAGES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LIBRARY = ("rules", "mixing", "draws", "losses", "methods", "heads", "errors", "files",
-           "optimizer", "training", "attachment", "any_size", "backend", "layers", "models")
+
+def _library_modules():
+    """Every module of the library: all of `patchup_tf` but the application, `patchup_tf.app`."""
+    found = []
+    for folder, dirs, files in os.walk(os.path.join(REPO, "patchup_tf")):
+        dirs[:] = sorted(d for d in dirs if d not in ("app", "__pycache__"))
+        for file in sorted(files):
+            if file.endswith(".py") and file != "__init__.py":
+                rel = os.path.relpath(os.path.join(folder, file[:-3]), REPO)
+                found.append(rel.replace(os.sep, ".")[len("patchup_tf."):])
+    return tuple(found)
+
+
+LIBRARY = _library_modules()
 
 
 def _requirements():
@@ -64,7 +76,10 @@ def third_party():
 import keras
 keras_own = third_party()
 import patchup_tf
+others = {"tensorflow", "jax", "torch"} - {keras.backend.backend()}
 for name in LIBRARY:
+    if name.startswith("backend.") and name.split(".")[1] in others:
+        continue  # another backend's module
     importlib.import_module("patchup_tf." + name)
 for name in patchup_tf.__all__:
     getattr(patchup_tf, name)

@@ -11,7 +11,7 @@ for `patchup_tf.attachment.attach`:
 The backbone is a nested model, `model.layers[1]`, so it can be frozen as one
 piece (`model.layers[1].trainable = False`).
 
-Inputs. `patchup_tf.data` feeds per-channel normalised images (mean 0, std
+Inputs. `patchup_tf.app.data` feeds per-channel normalised images (mean 0, std
 1). Applications with an `include_preprocessing` option (ConvNeXt,
 EfficientNetV2, MobileNetV3) get `include_preprocessing=False`, so they take
 such inputs as they are. The others have no rescaling layer (ResNet, VGG,

@@ -1,8 +1,8 @@
 """The `pairing` option on whichever Keras backend runs, on one device:
 accepted by `build`, `attach` and `MixingModel`, kept by `.keras` files,
 refused when unknown, and without effect on one device (both values draw
-the same plans). Several devices: `tests/experiment/test_distributed.py`,
-`tests/experiment/test_multi_worker.py`, `tests/test_jax_scale_out.py`.
+the same plans). Several devices: `tests/app/experiment/test_distributed.py`,
+`tests/app/experiment/test_multi_worker.py`, `tests/test_jax_scale_out.py`.
 """
 
 import keras

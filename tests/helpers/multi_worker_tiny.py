@@ -1,7 +1,7 @@
 """One worker of a multi-worker soft PatchUp run of a tiny `MixingModel`.
 
 `tests/test_multi_worker.py` starts one process per worker with `TF_CONFIG`
-set; each trains with `patchup_tf.experiment.distributed.train_loop` under
+set; each trains with `patchup_tf.app.experiment.distributed.train_loop` under
 `MultiWorkerMirroredStrategy` and dumps to `OUT/worker_<index>.npz`: its
 trainable weights, its BN moving statistics, and per step what its replica
 saw (batch size, step seed, the plan's permutation, the sum of its images),
@@ -26,8 +26,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from patchup_tf.experiment.distributed import train_loop  # noqa: E402
-from patchup_tf.experiment.run import is_chief  # noqa: E402
+from patchup_tf.app.experiment.distributed import train_loop  # noqa: E402
+from patchup_tf.app.experiment.run import is_chief  # noqa: E402
 from patchup_tf.files import export_saved_model, save_keras  # noqa: E402
 from patchup_tf.optimizer import TorchSGD  # noqa: E402
 from patchup_tf.training import MixingModel  # noqa: E402

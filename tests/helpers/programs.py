@@ -1,4 +1,4 @@
-"""Runs a program's `main(argv)` (`patchup_tf.cli.*`) inside the test process.
+"""Runs a program's `main(argv)` (`patchup_tf.app.cli.*`) inside the test process.
 
 A subprocess pays TensorFlow's start-up (seconds) per run; the program's
 contract (exit code, what it prints, the files it writes) is the same

@@ -80,7 +80,7 @@ ORIGINAL_COMMANDS = dict([
 ])
 
 # The command of the session's trained experiment (`trained_experiment` in
-# tests/cli/conftest.py): the original Manifold Mixup command with the README's
+# tests/app/cli/conftest.py): the original Manifold Mixup command with the README's
 # CIFAR-100 flags, as (README label, data set).
 TRAINED_RUN = ("preact_manifold_mixup", "cifar100")
 
@@ -137,9 +137,9 @@ def run_train(args, timeout=600):
 
 
 def train_in_process(args):
-    """`run_train` without the subprocess: `patchup_tf.cli.train.main(args)`
+    """`run_train` without the subprocess: `patchup_tf.app.cli.train.main(args)`
     in this process (no TensorFlow start-up); the same result fields."""
-    from patchup_tf.cli.train import main
+    from patchup_tf.app.cli.train import main
     from tests.helpers.programs import run_main
 
     return run_main(main, args)
@@ -177,9 +177,9 @@ def read_state(exp_dir):
 
     `arrays`: every saved variable by checkpoint key (the history left out:
     it holds wall-clock seconds); `meta`: `epoch`, `best_epoch`,
-    `best_valid_top1`, `history`, `prefix` (see `patchup_tf.experiment.checkpoints`).
+    `best_valid_top1`, `history`, `prefix` (see `patchup_tf.app.experiment.checkpoints`).
     """
-    from patchup_tf.experiment.checkpoints import read_checkpoint
+    from patchup_tf.app.experiment.checkpoints import read_checkpoint
 
     return read_checkpoint(exp_dir)
 
@@ -201,7 +201,7 @@ def report_without_folder(exp):
 def committed_epoch(exp_dir):
     """The epochs completed per the folder's checkpoint index; 0 before the
     first. Reads one small file (replaced atomically): cheap to poll."""
-    from patchup_tf.experiment.checkpoints import committed_epoch as read_index
+    from patchup_tf.app.experiment.checkpoints import committed_epoch as read_index
 
     epoch = read_index(exp_dir)
     return 0 if epoch is None else epoch
@@ -254,7 +254,7 @@ def check_files_load(exp_dir):
 
 def resolve(argv):
     """`(args, flags.json dict)` of a trainer command line, as the trainer checks it."""
-    from patchup_tf.experiment.config import RunConfig
+    from patchup_tf.app.experiment.config import RunConfig
 
     config = RunConfig.from_argv(argv)
     return config.args, config.to_json()

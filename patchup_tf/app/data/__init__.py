@@ -1,0 +1,73 @@
+"""Data sets and tf.data pipelines: CIFAR-10/100, SVHN, the digits demo set and
+folders of images (one sub-folder per class)."""
+
+from patchup_tf.app.data.folders import (
+    FolderData,
+    TestSplit,
+    channel_stats,
+    decode_images,
+    load_test_split,
+    num_classes,
+    read_image_folder,
+    reads_folder,
+    scan_image_folder,
+)
+from patchup_tf.app.data.pipeline import (
+    AUGMENTATION,
+    DEFAULT_SPLIT,
+    Datasets,
+    TrainSpec,
+    apply_augmentation,
+    augment_batch,
+    folder_augmentation,
+    make_datasets,
+    make_eval_dataset,
+    make_train_dataset,
+    normalize,
+    sample_augmentation,
+    train_epochs,
+)
+from patchup_tf.app.data.sources import (
+    DATASETS,
+    MEAN_STD,
+    NUM_CLASSES,
+    TFDS_NAMES,
+    DataError,
+    RawData,
+    load_raw,
+)
+from patchup_tf.app.data.split import split_per_class, take_per_class
+
+__all__ = [
+    "AUGMENTATION",
+    "DATASETS",
+    "DEFAULT_SPLIT",
+    "MEAN_STD",
+    "NUM_CLASSES",
+    "TFDS_NAMES",
+    "DataError",
+    "Datasets",
+    "FolderData",
+    "RawData",
+    "TestSplit",
+    "TrainSpec",
+    "apply_augmentation",
+    "augment_batch",
+    "channel_stats",
+    "decode_images",
+    "folder_augmentation",
+    "load_raw",
+    "load_test_split",
+    "make_datasets",
+    "make_eval_dataset",
+    "make_train_dataset",
+    "normalize",
+    "num_classes",
+    "read_image_folder",
+    "reads_folder",
+    "sample_augmentation",
+    "scan_image_folder",
+    "split_per_class",
+    "take_per_class",
+    "train_epochs",
+]

@@ -1,0 +1,1 @@
+"""Tests of patchup_tf.app.evaluation."""

@@ -1,1 +1,0 @@
-"""Tests of patchup_tf.evaluation."""
