@@ -20,7 +20,8 @@ LAYERS = (
     ("patchup_tf.heads", "patchup_tf.optimizer", "patchup_tf.training", "patchup_tf.any_size"),
     ("patchup_tf.models", "patchup_tf.attachment"),
     # the application, above the whole library
-    ("patchup_tf.app", "patchup_tf.app.constants", "patchup_tf.app.steptimer"),
+    ("patchup_tf.app", "patchup_tf.app.constants", "patchup_tf.app.folder",
+     "patchup_tf.app.steptimer"),
     ("patchup_tf.app.data", "patchup_tf.app.evaluation", "patchup_tf.app.precision",
      "patchup_tf.app.plots", "patchup_tf.app.visualize"),
     ("patchup_tf.app.experiment",),

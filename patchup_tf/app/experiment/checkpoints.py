@@ -53,7 +53,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from patchup_tf.app.experiment.folder import (  # noqa: F401  (re-exported)
+from patchup_tf.app.folder import (  # noqa: F401  (re-exported)
     CHECKPOINT_DIR,
     INDEX_FILE,
     LEGACY_STATE,

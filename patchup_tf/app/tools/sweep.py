@@ -58,7 +58,7 @@ import time
 
 from patchup_tf.app.cli import process_settings
 from patchup_tf.app.experiment import config as flags_lib
-from patchup_tf.app.experiment.folder import has_checkpoint
+from patchup_tf.app.folder import has_checkpoint
 
 LOG_DIR = "sweep_logs"
 
