@@ -14,6 +14,7 @@ from typing import NamedTuple, Optional
 # Nothing here imports TensorFlow: a bad command line is answered at once.
 from patchup_tf.errors import UsageError
 from patchup_tf.app.constants import DATASETS, FOLDER, PRECISIONS, cutout_default
+from patchup_tf.app.folder import FLAGS_FILE
 from patchup_tf.rules import ARCHS, application_name, LOSSES, METHOD_SPECS, METHODS, OPTIONS, PAPER_DEFAULTS, PAIRINGS
 
 # The reference's --train values: PatchUp is one, with --patchup_type.
@@ -83,7 +84,7 @@ def _data_flags(p):
            "images: DIR/train/<class>/*.jpg, DIR/test/<class>/..., optionally DIR/valid/<class>/ "
            "(--dataset folder; --dataset cifar10 reads CIFAR-10's classes from one too)")
     _bool_flag(g, "--skip_bad_images", "image folders: leave unreadable files out (counted "
-               "and listed in flags.json) instead of stopping")
+               f"and listed in {FLAGS_FILE}) instead of stopping")
     a("--labels_per_class", type=int, default=None, help="training samples per class (default: the dataset's)")
     a("--valid_labels_per_class", type=int, default=None, help="validation samples per class (default: the dataset's)")
     a("--arch", default="preactresnet18", type=arch_name, metavar="ARCH",
@@ -455,7 +456,7 @@ def identity_of(config):
     """
     flags, method = config.get("flags"), config.get("method")
     if not isinstance(flags, dict) or not isinstance(method, str):
-        raise ValueError("flags.json lacks the run's flags or method")
+        raise ValueError(f"{FLAGS_FILE} lacks the run's flags or method")
     fields = {"method": method}
     for key in ("dataset", "arch"):
         if key in flags:
