@@ -22,7 +22,7 @@ from patchup_tf.app.experiment.config import RunConfig
 from patchup_tf.app.tools import sweep
 from tests.helpers.trainer import train_env
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 FAKE = os.path.join(REPO, "tests", "helpers", "fake_train.py")
 TINY = ["--dataset", "digits", "--arch", "wrn28_2", "--epochs", "1"]
 
