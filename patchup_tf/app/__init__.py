@@ -5,6 +5,7 @@ layers, `MixingModel`, `attach`, the architectures); it needs Keras and NumPy
 only. This package holds what runs the paper's experiments and needs
 TensorFlow (the `train` extra): the data readers and tf.data pipelines
 (`data`), the evaluation suites (`evaluation`), the trainer application
-(`experiment`), the programs (`cli`), sweep and compare (`tools`), the
-precision probe, the step timer, the pictures and the application's constants.
+(`experiment`) and its experiment folder's files (`folder`), the programs
+(`cli`), sweep and compare (`tools`), the precision probe, the step timer,
+the pictures and the application's constants.
 """

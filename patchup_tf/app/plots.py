@@ -11,14 +11,15 @@ def plot_curves(history, out_dir):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    from patchup_tf.app.folder import ACCURACY_PLOT, LOSS_PLOT
     from patchup_tf.files import atomic_write
 
     epochs = [r["epoch"] for r in history]
     panels = {
-        "loss.png": ("loss", [("train_loss", "train objective (mixed targets)"),
-                              ("valid_loss", "valid CE"), ("test_loss", "test CE")]),
-        "accuracy.png": ("top-1 accuracy (%)", [("train_accuracy", "train"),
-                                                ("valid_top1", "valid"), ("test_top1", "test")]),
+        LOSS_PLOT: ("loss", [("train_loss", "train objective (mixed targets)"),
+                             ("valid_loss", "valid CE"), ("test_loss", "test CE")]),
+        ACCURACY_PLOT: ("top-1 accuracy (%)", [("train_accuracy", "train"),
+                                                 ("valid_top1", "valid"), ("test_top1", "test")]),
     }
     for filename, (ylabel, series) in panels.items():
         fig, ax = plt.subplots(figsize=(6, 4))

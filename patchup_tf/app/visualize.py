@@ -18,11 +18,12 @@
 """
 
 import csv
-import json
 import os
 import textwrap
 
 import numpy as np
+
+from patchup_tf.app import folder as folder_lib
 
 __all__ = [
     "ActivationResult",
@@ -462,13 +463,12 @@ def replot_curves(exp_dir, out_dir=None):
     """
     from patchup_tf.app.plots import plot_curves
 
-    path = os.path.join(exp_dir, "log.json")
+    path = folder_lib.log_path(exp_dir)
     if not os.path.isfile(path):
-        raise ValueError(f"{exp_dir} has no log.json (not an experiment folder, or no "
-                         "epoch has completed)")
+        raise ValueError(f"{exp_dir} has no {folder_lib.LOG_JSON} (not an experiment folder, "
+                         "or no epoch has completed)")
     try:
-        with open(path) as f:
-            history = json.load(f)
+        history = folder_lib.read_log(exp_dir)
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read {path}: {e}") from e
     if not isinstance(history, list) or not history or not all(
@@ -481,4 +481,4 @@ def replot_curves(exp_dir, out_dir=None):
     out_dir = exp_dir if out_dir is None else out_dir
     os.makedirs(out_dir, exist_ok=True)
     plot_curves(history, out_dir)
-    return [os.path.join(out_dir, "loss.png"), os.path.join(out_dir, "accuracy.png")]
+    return folder_lib.curve_paths(out_dir)

@@ -29,6 +29,7 @@ import json
 import os
 import sys
 
+from patchup_tf.app import folder as folder_lib
 from patchup_tf.app.cli import fail, program
 from patchup_tf.app.experiment.config import str2bool
 from patchup_tf.app.constants import DATASETS, FGSM_EPS, FOLDER, check_eps_list
@@ -69,7 +70,7 @@ def experiment_folder(model_path):
     it (`EXP/saved_model`, `EXP/best.keras`); None if neither has flags.json."""
     path = os.path.normpath(os.path.abspath(model_path))
     for folder in (path, os.path.dirname(path)):
-        if os.path.isfile(os.path.join(folder, "flags.json")):
+        if folder_lib.is_experiment(folder):
             return folder
     return None
 
@@ -80,24 +81,14 @@ def _experiment_record(model_path):
     folder = experiment_folder(model_path)
     if folder is None:
         return {}
-    path = os.path.join(folder, "flags.json")
+    path = folder_lib.flags_path(folder)
     try:
-        with open(path) as f:
-            record = dict(json.load(f) or {})
+        record = dict(folder_lib.read_flags(folder) or {})
         record["flags"] = dict(record.get("flags") or {})
         record["data"] = dict(record.get("data") or {})
         return record
     except (OSError, ValueError, TypeError, AttributeError) as e:
         fail(f"cannot read {path}: {e}")
-
-
-def default_out(model_path):
-    path = os.path.normpath(model_path)
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "flags.json")):
-        return os.path.join(path, "evaluation.json")
-    if path.endswith(".keras"):
-        path = path[: -len(".keras")]
-    return path + ".evaluation.json"
 
 
 def precheck(args):
@@ -120,7 +111,8 @@ def precheck(args):
     flags = record.get("flags", {})
     dataset = args.dataset or flags.get("dataset")
     if dataset is None:
-        fail("give --dataset (the model is not in an experiment folder with flags.json)")
+        fail(f"give --dataset (the model is not in an experiment folder with "
+             f"{folder_lib.FLAGS_FILE})")
     if dataset not in DATASETS:
         fail(f"the experiment's data set {dataset!r} is not one of {', '.join(DATASETS)}")
     if args.dataset and flags.get("dataset") and args.dataset != flags["dataset"]:
@@ -167,7 +159,7 @@ def _check_set_name(path, name):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     dataset, data_dir, eps, trained = precheck(args)
-    out = args.out or default_out(args.model)
+    out = args.out or folder_lib.evaluation_path(args.model)
     from patchup_tf.app.cli.tf_logging import import_tensorflow
 
     import_tensorflow()

@@ -30,6 +30,7 @@ Exit codes: 0 done; 2 bad input (one message on stderr, no traceback).
 import argparse
 import os
 
+from patchup_tf.app import folder as folder_lib
 from patchup_tf.app.cli import fail, program
 from patchup_tf.app.constants import DATASETS
 from patchup_tf.rules import ARCHS
@@ -85,7 +86,7 @@ def _keras_model(path):
     loaded = load_model(path)
     if loaded.keras_model is None:
         fail(f"{path}: a SavedModel has no layers to cut at the mixing points; give the "
-             "experiment folder or its best.keras")
+             f"experiment folder or its {folder_lib.BEST_MODEL}")
     return loaded
 
 
@@ -99,7 +100,7 @@ def _data(dataset, data_dir):
 def _label(path):
     path = os.path.normpath(path)
     base = os.path.basename(path)
-    if base in ("best.keras", "last.keras"):
+    if base in (folder_lib.BEST_MODEL, folder_lib.LAST_MODEL):
         return os.path.basename(os.path.dirname(path)) or base
     return base[: -len(".keras")] if base.endswith(".keras") else base
 
@@ -219,7 +220,7 @@ def run_activations(args):
     models = [_keras_model(p) for p in args.models]
     dataset = args.dataset or next((m.dataset for m in models if m.dataset), None)
     if dataset is None:
-        fail("give --dataset (no MODEL is an experiment folder with flags.json)")
+        fail(f"give --dataset (no MODEL is an experiment folder with {folder_lib.FLAGS_FILE})")
     data_dir = args.data_dir or next((m.data_dir for m in models if m.data_dir), None)
     raw, (mean, std) = _data(dataset, data_dir)
     images = raw.x_test if args.num_images is None else raw.x_test[: args.num_images]

@@ -20,13 +20,13 @@ raises `EvaluationError` with a one-line message.
 """
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any, Optional, Tuple
 
 import tensorflow as tf
 
+from patchup_tf.app import folder as folder_lib
 from patchup_tf.app.constants import AFFINE_DATASETS, check_eps_list
 
 __all__ = [
@@ -162,10 +162,9 @@ class SavedModelClassifier:
 
 
 def _read_flags(folder):
-    path = os.path.join(folder, "flags.json")
+    path = folder_lib.flags_path(folder)
     try:
-        with open(path) as f:
-            flags = json.load(f)
+        flags = folder_lib.read_flags(folder)
     except (OSError, ValueError) as e:
         raise EvaluationError(f"cannot read {path}: {e}") from e
     if not isinstance(flags, dict):
@@ -227,26 +226,26 @@ def load_model(path):
     if not os.path.exists(path):
         raise EvaluationError(f"model {path} does not exist")
     if os.path.isdir(path):
-        if os.path.isfile(os.path.join(path, "flags.json")):
+        if folder_lib.is_experiment(path):
             flags = _read_flags(path)
-            best = os.path.join(path, "best.keras")
-            exported = os.path.join(path, "saved_model")
+            best = folder_lib.best_model_path(path)
+            exported = folder_lib.saved_model_path(path)
             if os.path.isfile(best):
                 loaded = _from_keras(path, best, "experiment")
-            elif os.path.isfile(os.path.join(exported, "saved_model.pb")):
+            elif folder_lib.is_saved_model(exported):
                 loaded = _from_saved_model(path, exported, "experiment")
             else:
                 raise EvaluationError(
-                    f"experiment folder {path} has no best.keras nor "
-                    "saved_model/ (no epoch has completed yet)"
+                    f"experiment folder {path} has no {folder_lib.BEST_MODEL} nor "
+                    f"{folder_lib.SAVED_MODEL_DIR}/ (no epoch has completed yet)"
                 )
             loaded.flags = flags
             return loaded
-        if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        if folder_lib.is_saved_model(path):
             return _from_saved_model(path, path, "saved_model")
         raise EvaluationError(
-            f"{path} is neither an experiment folder (with flags.json) nor a "
-            "SavedModel folder (with saved_model.pb)"
+            f"{path} is neither an experiment folder (with {folder_lib.FLAGS_FILE}) nor a "
+            f"SavedModel folder (with {folder_lib.SAVED_MODEL_PB})"
         )
     if path.endswith(".keras"):
         return _from_keras(path, path, "keras")
@@ -428,8 +427,8 @@ def _normalisation(dataset, mean_std):
     if mean_std is None and dataset not in MEAN_STD:
         raise EvaluationError(
             f"the normalisation of a model trained on {dataset} data is recorded in its "
-            "experiment folder's flags.json (data.mean, data.std): evaluate the experiment "
-            "folder, or a model inside it"
+            f"experiment folder's {folder_lib.FLAGS_FILE} (data.mean, data.std): evaluate the "
+            "experiment folder, or a model inside it"
         )
     return mean_std if mean_std is not None else MEAN_STD[dataset]
 

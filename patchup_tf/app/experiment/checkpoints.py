@@ -56,8 +56,10 @@ import tensorflow as tf
 from patchup_tf.app.folder import (  # noqa: F401  (re-exported)
     CHECKPOINT_DIR,
     INDEX_FILE,
+    INDEX_NAME,
     LEGACY_STATE,
     NAME,
+    checkpoint_dir,
     committed_epoch,
     has_checkpoint,
 )
@@ -76,7 +78,7 @@ def clean(directory):
     state = tf.train.get_checkpoint_state(directory)
     latest = os.path.basename(state.model_checkpoint_path) if state else None
     for name in os.listdir(directory):
-        if name == "checkpoint" or (latest and name.startswith(latest + ".")):
+        if name == INDEX_NAME or (latest and name.startswith(latest + ".")):
             continue
         path = os.path.join(directory, name)
         if os.path.isdir(path) and not os.path.islink(path):
@@ -104,7 +106,7 @@ class RunCheckpoint:
 
     def __init__(self, model, exp_dir, chief=True):
         self.model, self.chief = model, chief
-        self.directory = os.path.join(exp_dir, CHECKPOINT_DIR)
+        self.directory = checkpoint_dir(exp_dir)
         # Plain variables on the host: outside any strategy, no device memory.
         with tf.device("/CPU:0"):
             self.epoch = _variable(-1, tf.int64, "epoch")
@@ -201,7 +203,7 @@ class RunCheckpoint:
             # The files are made durable before the manager points its index at them.
             options = tf.train.CheckpointOptions(experimental_write_callbacks=[_fsync_checkpoint])
             path = self._manager.save(checkpoint_number=meta["epoch"] + 1, options=options)
-            _fsync(os.path.join(self.directory, "checkpoint"), directory=True)
+            _fsync(os.path.join(self.directory, INDEX_NAME), directory=True)
             return path
         scratch = tempfile.mkdtemp(prefix="patchup-worker-checkpoint-")
         try:
@@ -238,9 +240,9 @@ def read_checkpoint(exp_dir):
     `model/_operations/3/kernel/.ATTRIBUTES/VARIABLE_VALUE`) to its value;
     `meta` is as `RunCheckpoint.restore` returns it.
     """
-    prefix = tf.train.latest_checkpoint(os.path.join(exp_dir, CHECKPOINT_DIR))
+    prefix = tf.train.latest_checkpoint(checkpoint_dir(exp_dir))
     if prefix is None:
-        raise FileNotFoundError(f"no checkpoint in {os.path.join(exp_dir, CHECKPOINT_DIR)}")
+        raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(exp_dir)}")
     reader = tf.train.load_checkpoint(prefix)
     suffix = "/.ATTRIBUTES/VARIABLE_VALUE"
     arrays = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()

@@ -13,6 +13,7 @@ import pickle
 import tensorflow as tf
 
 from patchup_tf.files import atomic_write, save_keras, write_json, write_text
+from patchup_tf.app import folder as folder_lib
 from patchup_tf.app.plots import plot_curves
 
 # Every log row and the report count epochs from 1, as Keras prints them
@@ -50,7 +51,7 @@ class ExperimentLog:
         for split in ("valid", "test"):
             folder = "validation" if split == "valid" else split
             writer = self._writers.get(split) or tf.summary.create_file_writer(
-                os.path.join(self.exp_dir, "tensorboard", folder))
+                folder_lib.tensorboard_path(self.exp_dir, folder))
             self._writers[split] = writer
             with writer.as_default():
                 tf.summary.scalar("epoch_loss", row[f"{split}_loss"], step=epoch)
@@ -62,9 +63,9 @@ class ExperimentLog:
         """best.keras (if `new_best`), last.keras and the logs, as of `meta`'s
         epoch; `model` holds that epoch's weights."""
         if new_best:
-            save_keras(os.path.join(self.exp_dir, "best.keras"), model)
+            save_keras(folder_lib.best_model_path(self.exp_dir), model)
         if self.flags.get("checkpoint") and meta["epoch"] >= 0:
-            save_keras(os.path.join(self.exp_dir, "last.keras"), model)
+            save_keras(os.path.join(self.exp_dir, folder_lib.LAST_MODEL), model)
         write_logs(self.exp_dir, meta["history"], self.flags)
 
 
@@ -79,7 +80,7 @@ def write_logs(exp_dir, history, flags):
             f"{r['test_loss']:.4f} top1 {r['test_top1']:.2f} error {r['test_error']:.2f} "
             f"| {r['seconds']:.1f}s"
         )
-    write_text(os.path.join(exp_dir, "log.txt"), "\n".join(lines) + "\n")
+    write_text(os.path.join(exp_dir, folder_lib.LOG_TEXT), "\n".join(lines) + "\n")
 
     def write_csv(tmp):
         with open(tmp, "w", newline="") as f:
@@ -87,13 +88,13 @@ def write_logs(exp_dir, history, flags):
             writer.writeheader()
             writer.writerows(history)
 
-    atomic_write(os.path.join(exp_dir, "log.csv"), write_csv)
-    write_json(os.path.join(exp_dir, "log.json"), history)
+    atomic_write(os.path.join(exp_dir, folder_lib.LOG_CSV), write_csv)
+    write_json(folder_lib.log_path(exp_dir), history)
     columns = {k: [r.get(k) for r in history] for k in LOG_FIELDS}
 
     def write_pickle(tmp):
         with open(tmp, "wb") as f:
             pickle.dump(columns, f)
 
-    atomic_write(os.path.join(exp_dir, "log.pkl"), write_pickle)
+    atomic_write(os.path.join(exp_dir, folder_lib.LOG_PICKLE), write_pickle)
     plot_curves(history, exp_dir)

@@ -39,11 +39,13 @@ from patchup_tf.attachment import attach
 from patchup_tf.errors import NonFiniteLoss, UsageError
 from patchup_tf.app.evaluation import evaluate_affine_sets, evaluate_classifier, fgsm_sweep
 from patchup_tf.app.evaluation.report import EvaluationError, affine_set_paths
-from patchup_tf.app.experiment.checkpoints import LEGACY_STATE, RunCheckpoint, has_checkpoint
+from patchup_tf.app.experiment.checkpoints import RunCheckpoint
 from patchup_tf.app.experiment.config import differences
 from patchup_tf.app.experiment.distributed import train_loop
 from patchup_tf.app.experiment.logs import ExperimentLog
-from patchup_tf.files import export_saved_model, remove_stale_temporaries, write_json, write_text
+from patchup_tf.app import folder as folder_lib
+from patchup_tf.app.folder import FLAGS_FILE, LEGACY_STATE, has_checkpoint
+from patchup_tf.files import export_saved_model, remove_stale_temporaries, write_text
 from patchup_tf.models.applications import keras_application
 from patchup_tf.app.constants import PRECISIONS
 from patchup_tf.rules import application_name
@@ -116,7 +118,7 @@ def describe_data(args, datasets):
         raise UsageError(f"the images in {args.data_dir} are {h}x{w} but --arch {args.arch} "
                          "takes 32x32; pass --image_size 32, or use a keras:<Name> arch")
     if datasets.skipped:
-        print(f"skipped {len(datasets.skipped)} unreadable images (listed in flags.json "
+        print(f"skipped {len(datasets.skipped)} unreadable images (listed in {FLAGS_FILE} "
               f"under data.skipped_images), e.g. {datasets.skipped[0]}")
     return {"class_names": list(datasets.class_names), "mean": list(datasets.mean),
             "std": list(datasets.std), "image_shape": list(datasets.image_shape),
@@ -148,15 +150,13 @@ def open_folder(config):
 def check_same_run(exp_dir, config):
     """Raises `UsageError` if `exp_dir` holds a run made with other settings."""
     try:
-        with open(os.path.join(exp_dir, "flags.json")) as f:
-            saved = json.load(f)
-        differ = differences(saved, config.to_json())
+        differ = differences(folder_lib.read_flags(exp_dir), config.to_json())
     except (OSError, ValueError, AttributeError):
         return  # Older or foreign folder: the checkpoint's own checks apply.
     if differ:
         raise UsageError(
             f"{exp_dir} holds a run with other settings ({', '.join(differ)} differ); "
-            "resume it with its own command (see its flags.json) or start a new one with "
+            f"resume it with its own command (see its {FLAGS_FILE}) or start a new one with "
             "another --job_id, --add_name or --root_dir")
 
 
@@ -194,8 +194,8 @@ def restore(config, model, resuming):
             ExperimentLog(exp_dir, vars(config.args)).files(
                 model, meta, new_best=meta["best_epoch"] == meta["epoch"])
     elif chief:
-        write_json(os.path.join(exp_dir, "flags.json"), config.to_json())
-        write_text(os.path.join(exp_dir, "log.txt"),
+        folder_lib.write_flags(exp_dir, config.to_json())
+        write_text(os.path.join(exp_dir, folder_lib.LOG_TEXT),
                    json.dumps(vars(config.args), sort_keys=True) + "\n")
     return state, meta
 
@@ -209,7 +209,7 @@ def fit(config, model, datasets, strategy, epoch_end):
     guard = StopOnNonFinite()
     callbacks = [guard, keras.callbacks.LearningRateScheduler(lr_at), epoch_end]
     if epoch_end.chief:
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(exp_dir, "tensorboard"),
+        callbacks.append(keras.callbacks.TensorBoard(folder_lib.tensorboard_path(exp_dir),
                                                      write_graph=False))
     if args.mix_off_epoch is not None:  # plain steps from this 0-based epoch on
         callbacks.insert(0, StopMixing(args.mix_off_epoch))
@@ -304,8 +304,8 @@ def final_report(config, model, datasets, meta, affine_sets, state):
         unshuffled = datasets.test.unbatch().batch(100)
         report["fgsm"] = fgsm_sweep(model, unshuffled)
     if is_chief():
-        write_json(os.path.join(exp_dir, "report.json"), report)
-        export_saved_model(os.path.join(exp_dir, "saved_model"), model)
+        folder_lib.write_report(exp_dir, report)
+        export_saved_model(folder_lib.saved_model_path(exp_dir), model)
     print_report(report)
     return report
 
@@ -337,12 +337,11 @@ def choose_precision(args, exp_dir, num_classes):
     if args.precision != "auto":
         return args.precision
     try:
-        with open(os.path.join(exp_dir, "flags.json")) as f:
-            recorded = json.load(f).get("precision")
+        recorded = folder_lib.read_flags(exp_dir).get("precision")
     except (OSError, ValueError, AttributeError):
         recorded = None
     if has_checkpoint(exp_dir) and recorded in PRECISIONS:
-        print(f"precision auto: {recorded} (as recorded in {exp_dir}/flags.json)")
+        print(f"precision auto: {recorded} (as recorded in {exp_dir}/{FLAGS_FILE})")
         return recorded
     size = args.image_size or 32
     return precision_lib.resolve_precision(

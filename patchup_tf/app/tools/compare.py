@@ -34,11 +34,12 @@ import math
 import os
 import statistics
 
+from patchup_tf.app import folder as folder_lib
 from patchup_tf.app.experiment import config as flags_lib
+from patchup_tf.app.folder import FLAGS_FILE, LOG_JSON, REPORT_FILE
 from patchup_tf.files import atomic_write, write_text
 
 OUTPUTS = ("comparison.md", "comparison.csv", "comparison.json", "comparison.png")
-MARKERS = ("flags.json", "report.json", "log.json")
 
 
 class Problem(Exception):
@@ -51,7 +52,7 @@ def find_experiments(directories):
     found = set()
     for top in directories:
         for root, dirs, files in os.walk(top):
-            if any(m in files for m in MARKERS):
+            if any(m in files for m in folder_lib.MARKERS):
                 found.add(os.path.normpath(root))
                 dirs[:] = []  # its saved_model/ and tensorboard/ are not experiments
             else:
@@ -59,14 +60,15 @@ def find_experiments(directories):
     return sorted(found)
 
 
-def _load(path):
+def _load(read, folder, name):
+    """`read(folder)` (a `patchup_tf.app.folder` reader of the file `name`);
+    `FileNotFoundError` as it is, other errors as a `Problem`."""
     try:
-        with open(path) as f:
-            return json.load(f)
+        return read(folder)
     except FileNotFoundError:
         raise
     except (OSError, ValueError) as e:
-        raise Problem(f"{os.path.basename(path)} is unreadable ({type(e).__name__}: {e})") from None
+        raise Problem(f"{name} is unreadable ({type(e).__name__}: {e})") from None
 
 
 def _number(value):
@@ -89,35 +91,36 @@ def setting(config):
 def read_experiment(folder):
     """`("complete" | "incomplete", record)`; raises `Problem` for an unusable folder."""
     try:
-        config = _load(os.path.join(folder, "flags.json"))
+        config = _load(folder_lib.read_flags, folder, FLAGS_FILE)
     except FileNotFoundError:
-        raise Problem("no flags.json") from None
+        raise Problem(f"no {FLAGS_FILE}") from None
     if not isinstance(config, dict):
-        raise Problem("flags.json is not an object")
+        raise Problem(f"{FLAGS_FILE} is not an object")
     fields, option_keys = setting(config)
     epochs = config.get("epochs")
     record = {"folder": folder, "fields": fields, "option_keys": option_keys,
               "seed": (config.get("flags") or {}).get("seed"), "epochs": epochs}
     try:
-        report = _load(os.path.join(folder, "report.json"))
+        report = _load(folder_lib.read_report, folder, REPORT_FILE)
     except FileNotFoundError:
         try:
-            history = _load(os.path.join(folder, "log.json"))
+            history = _load(folder_lib.read_log, folder, LOG_JSON)
             record["epochs_done"] = len(history) if isinstance(history, list) else None
         except (FileNotFoundError, Problem):
             record["epochs_done"] = 0
         return "incomplete", record
     test = report.get("test") if isinstance(report, dict) else None
     if not isinstance(test, dict) or not _number(test.get("error")):
-        raise Problem("report.json has no test error")
+        raise Problem(f"{REPORT_FILE} has no test error")
     completed = report.get("epochs_completed")
     if _number(epochs) and _number(completed) and completed != epochs:
-        raise Problem(f"report.json is of {completed} epochs but flags.json asks for {epochs}")
+        raise Problem(f"{REPORT_FILE} is of {completed} epochs but {FLAGS_FILE} asks for "
+                      f"{epochs}")
     made_for = report.get("experiment_dir")
     if isinstance(made_for, str) and isinstance(config.get("experiment_dir"), str) and \
             os.path.basename(os.path.normpath(made_for)) != \
             os.path.basename(os.path.normpath(config["experiment_dir"])):
-        raise Problem(f"report.json was written for another experiment "
+        raise Problem(f"{REPORT_FILE} was written for another experiment "
                       f"({os.path.basename(os.path.normpath(made_for))})")
     record["metrics"] = metrics_of(report)
     return "complete", record
@@ -315,7 +318,7 @@ def markdown_table(header, rows):
 def listing(incomplete, problems):
     lines = []
     if incomplete:
-        lines.append(f"Incomplete (no report.json, not averaged): {len(incomplete)}")
+        lines.append(f"Incomplete (no {REPORT_FILE}, not averaged): {len(incomplete)}")
         for r in incomplete:
             lines.append(f"- {r['folder']}: {r.get('epochs_done', 0)} of "
                          f"{_fmt_value(r.get('epochs'))} epochs logged")

@@ -48,7 +48,6 @@ import collections
 import datetime
 import hashlib
 import itertools
-import json
 import os
 import shlex
 import signal
@@ -58,6 +57,7 @@ import time
 
 from patchup_tf.app.cli import process_settings
 from patchup_tf.app.experiment import config as flags_lib
+from patchup_tf.app import folder as folder_lib
 from patchup_tf.app.folder import has_checkpoint
 
 LOG_DIR = "sweep_logs"
@@ -258,24 +258,24 @@ def expand(options, axes):
 
 
 # ------------------------------------------------------------------ status
-def _read_json(path):
+def _read(read, folder):
+    """`read(folder)` (a `patchup_tf.app.folder` reader), None if unreadable."""
     try:
-        with open(path) as f:
-            return json.load(f)
+        return read(folder)
     except (OSError, ValueError):
         return None
 
 
 def is_finished(run):
     """True if `run.folder` holds this run's final report and model."""
-    report = _read_json(os.path.join(run.folder, "report.json"))
-    if not isinstance(report, dict) or not os.path.isdir(os.path.join(run.folder, "saved_model")):
+    report = _read(folder_lib.read_report, run.folder)
+    if not isinstance(report, dict) or not os.path.isdir(folder_lib.saved_model_path(run.folder)):
         return False
     if run.args.fsgm_attack and "fgsm" not in report:
         return False  # asked for now: the trainer adds it to the finished run
     if run.args.affine_test and "affine" not in report:
         return False
-    saved = _read_json(os.path.join(run.folder, "flags.json"))
+    saved = _read(folder_lib.read_flags, run.folder)
     try:
         return not flags_lib.differences(saved, run.config.to_json())
     except (ValueError, AttributeError):
@@ -336,7 +336,7 @@ class _Progress:
 
 
 def _result_detail(run, seconds):
-    report = _read_json(os.path.join(run.folder, "report.json")) or {}
+    report = _read(folder_lib.read_report, run.folder) or {}
     error = (report.get("test") or {}).get("error") if isinstance(report, dict) else None
     text = _duration(seconds)
     if isinstance(error, (int, float)):
