@@ -18,30 +18,12 @@ BACKENDS = ("tensorflow", "jax", "torch")
 DEFAULT_XLA = {"tensorflow": False, "jax": True, "torch": False}
 """What `--xla default` means per backend, what a user of it gets from
 `compile()`: TensorFlow's `tf.function`, JAX compiled, PyTorch eager."""
-TINY = {
-    "methods": ("vanilla", "soft_patchup"),
-    "precisions": ("float32",),
-    "xla": ("off",),
-    "batchnorms": ("fused",),
-    "batch_size": 8,
-    "steps": 1,
-    "warmup": 1,
-    "windows": 2,
-    "pipeline_batches": 5,
-    "synthetic_images": 512,
-}
-FULL = {
-    "methods": DEFAULT_METHODS,
-    "precisions": ("float32", "mixed_bfloat16"),
-    "xla": ("default", "on"),
-    "batchnorms": ("fused",),
-    "batch_size": 100,
-    "steps": 3,
-    "warmup": 2,
-    "windows": 3,
-    "pipeline_batches": 50,
-    "synthetic_images": 10000,
-}
+TINY = {"methods": ("vanilla", "soft_patchup"), "precisions": ("float32",), "xla": ("off",),
+        "batchnorms": ("fused",), "batch_size": 8, "steps": 1, "warmup": 1, "windows": 2,
+        "pipeline_batches": 5, "synthetic_images": 512}
+FULL = {"methods": DEFAULT_METHODS, "precisions": ("float32", "mixed_bfloat16"),
+        "xla": ("default", "on"), "batchnorms": ("fused",), "batch_size": 100, "steps": 3,
+        "warmup": 2, "windows": 3, "pipeline_batches": 50, "synthetic_images": 10000}
 
 
 def make_config(arch="preactresnet18", method="vanilla", precision="float32", xla=False,
@@ -51,13 +33,6 @@ def make_config(arch="preactresnet18", method="vanilla", precision="float32", xl
     return {"impl": impl, "arch": arch, "method": method, "precision": precision,
             "xla": bool(xla), "batchnorm": batchnorm, "input": input, "variant": variant,
             "backend": backend}
-
-
-def as_config(c):
-    """A config dict from a dict or an `(arch, method, precision, xla)` tuple."""
-    if isinstance(c, dict):
-        return make_config(**{k: c[k] for k in make_config() if k in c})
-    return make_config(*c)
 
 
 def config_label(c):
@@ -74,10 +49,6 @@ def config_label(c):
     return "/".join(parts)
 
 
-def error_row(config, error, batch_size):
-    return {**config, "batch_size": batch_size, "error": error}
-
-
 def error_text(e):
     """`Type: the message's most telling line` (XLA's names the unsupported op)."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
@@ -86,23 +57,22 @@ def error_text(e):
     return f"{type(e).__name__}: {(telling or lines or [''])[0][:400]}"
 
 
-def parse_env(text):
-    """`"K=V,K2=V2"` -> `{"K": "V", "K2": "V2"}` (an environment variant)."""
-    env = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        if "=" not in part:
-            raise invalid("worker_env", "KEY=VALUE[,KEY=VALUE]", text)
-        key, value = part.split("=", 1)
-        env[key.strip()] = value.strip()
-    return env
-
-
 def env_variants(texts):
-    """`[(label, env), ...]` for `--worker_env`-style texts; one plain variant if none."""
-    return [(text, parse_env(text)) for text in texts] or [("", {})]
+    """`[(label, env), ...]` for `--worker_env`-style texts (`"K=V,K2=V2"`);
+    one plain variant if none."""
+    variants = []
+    for text in texts:
+        env = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            if "=" not in part:
+                raise invalid("worker_env", "KEY=VALUE[,KEY=VALUE]", text)
+            key, value = part.split("=", 1)
+            env[key.strip()] = value.strip()
+        variants.append((text, env))
+    return variants or [("", {})]
 
 
-def check_choices(*, methods, precisions, xla, batchnorms, inputs, backends=BACKENDS[:1]):
+def check_choices(*, methods, precisions, xla, batchnorms, inputs, backends):
     """Raises the Keras-style `ValueError` for the first unknown choice."""
     from patchup_tf.models.common import BATCHNORMS
 
@@ -115,20 +85,15 @@ def check_choices(*, methods, precisions, xla, batchnorms, inputs, backends=BACK
             check_choice(name, value, allowed)
 
 
-def expand(*, archs, methods, precisions, xla, batchnorms, inputs, xla_methods=None,
-           backends=BACKENDS[:1]):
-    """Every patchup_tf configuration asked for (XLA "on" only for
-    `xla_methods` when given), backends innermost, then methods; a
-    configuration asked for twice (e.g. JAX's default and "on") once."""
-    configs = [make_config(arch, method, precision,
-                           DEFAULT_XLA[backend] if x == "default" else x == "on", bn, inp,
-                           backend=backend)
-               for arch, precision, x, bn, inp, method, backend
-               in itertools.product(archs, precisions, xla, batchnorms, inputs, methods,
-                                    backends)
-               if not (x == "on" and xla_methods is not None and method not in xla_methods)]
+def expand(*, archs, methods, precisions, xla, batchnorms, inputs, backends):
+    """Every patchup_tf configuration asked for, backends innermost, then
+    methods; a configuration asked for twice (e.g. JAX's default and "on") once."""
     unique = {}
-    for config in configs:
+    for arch, precision, x, bn, inp, method, backend in itertools.product(
+            archs, precisions, xla, batchnorms, inputs, methods, backends):
+        config = make_config(arch, method, precision,
+                             DEFAULT_XLA[backend] if x == "default" else x == "on", bn, inp,
+                             backend=backend)
         unique.setdefault(config_label(config), config)
     return list(unique.values())
 

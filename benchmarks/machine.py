@@ -1,15 +1,13 @@
-"""The machine and software the numbers come from (imports nothing but the
-standard library and `patchup_tf.app.precision`'s CPU facts, which import no
-TensorFlow)."""
+"""The machine and software the numbers come from, and a process's peak
+resident memory (imports nothing but the standard library and
+`patchup_tf.app.precision`'s CPU facts, which import no TensorFlow)."""
 
 import datetime
 import importlib.metadata
 import os
 import platform
-import resource
 import shutil
 import subprocess
-import sys
 
 from patchup_tf.app.precision import cpu_count, cpu_flags, cpu_model
 
@@ -19,14 +17,11 @@ CPU_FLAGS_SHOWN = ("avx2", "fma", "avx_vnni", "avx512f", "avx512_vnni", "avx512_
                    "amx_bf16", "amx_tile", "avx512_fp16")
 ENV_KEYS = ("TF_ENABLE_ONEDNN_OPTS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "TF_XLA_FLAGS",
             "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "ONEDNN_MAX_CPU_ISA",
-            "CUDA_VISIBLE_DEVICES", "KERAS_BACKEND")
+            "CUDA_VISIBLE_DEVICES", "KERAS_BACKEND", "TF_DETERMINISTIC_OPS")
 PACKAGES = ("tensorflow", "keras", "jax", "torch", "numpy")
 
-__all__ = ["cpu_count", "cpu_flags", "cpu_model", "machine_info", "package_version",
-           "peak_rss_mb", "reset_peak_rss", "loadavg", "env_settings", "nvidia_smi"]
 
-
-def package_version(name):
+def _version(name):
     """An installed distribution's version, None if absent (nothing imported)."""
     try:
         return importlib.metadata.version(name)
@@ -46,14 +41,7 @@ def loadavg():
         return None
 
 
-def memory_gb():
-    try:
-        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def nvidia_smi():
+def _nvidia_smi():
     """`name, driver, memory, max SM clock` of each GPU, or None without nvidia-smi."""
     exe = shutil.which("nvidia-smi")
     if not exe:
@@ -73,11 +61,11 @@ def machine_info():
         "cpu_model": cpu_model(),
         "cpu_flags": [f for f in CPU_FLAGS_SHOWN if f in cpu_flags()],
         "cores": cpu_count(),
-        "memory_gb": memory_gb(),
-        "gpus": nvidia_smi(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "gpus": _nvidia_smi(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "versions": {name: package_version(name) for name in PACKAGES},
+        "versions": {name: _version(name) for name in PACKAGES},
         "env": env_settings(),
         # TF_ENABLE_ONEDNN_OPTS as TensorFlow will read it here ("unset": TensorFlow's own
         # choice, which is off on a CPU without the flags above).
@@ -86,32 +74,22 @@ def machine_info():
     }
 
 
-def _proc_status_mb(key):
-    """A `kB` field of /proc/self/status (VmHWM, VmRSS) in MiB, or None."""
+def peak_rss_mb():
+    """This process's peak resident memory so far (VmHWM, Linux), in MiB, or None."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith(key + ":"):
+                if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
     return None
 
 
-def peak_rss_mb():
-    """This process's peak resident memory so far (VmHWM), in MiB."""
-    value = _proc_status_mb("VmHWM")
-    if value is None:  # not Linux: ru_maxrss is kB on Linux, bytes on macOS
-        value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        value = value / 2**20 if sys.platform == "darwin" else value / 1024.0
-    return value
-
-
 def reset_peak_rss():
-    """Resets this process's VmHWM to its current RSS (Linux >= 4.0); True if done."""
+    """Resets this process's VmHWM to its current RSS (Linux >= 4.0), best effort."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        return True
     except OSError:
-        return False
+        pass

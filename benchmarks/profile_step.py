@@ -3,7 +3,7 @@
     python -m benchmarks.profile_step --method soft_patchup --precision float32 \
         --batchnorm fused --steps 3 --out /tmp/profile.json
 
-Builds the model as the benchmark does (`benchmarks.train_bench.TrainBench`),
+Builds the model as the benchmark does (`benchmarks.keras_worker.TrainBench`),
 warms it up, records `--steps` steps with `tf.profiler`, and prints the
 host self time per op type (share of the total), from the profiler's
 `framework_op_stats` tool. The JSON holds every op type's figures.
@@ -56,7 +56,7 @@ def main(argv=None):
     import tensorflow as tf
 
     from benchmarks.configs import make_config
-    from benchmarks.train_bench import TrainBench
+    from benchmarks.keras_worker import TrainBench
 
     config = make_config(args.arch, args.method, args.precision, args.xla, args.batchnorm)
     bench = TrainBench(config, args.batch_size, warmup=2)

@@ -1,9 +1,15 @@
-"""The human-readable table of a run, and its JSON file."""
+"""Ratios between the rows of one run, the report (markdown) and its JSON.
+
+Ratios: to the same group's vanilla, to the same config on TensorFlow (per
+Keras backend) and in the first environment variant, to the PyTorch
+original's same method, and the input pipeline to the fastest step. No
+targets here: they and which run meets them are in `benchmarks/results/`."""
 
 import statistics
 
 from benchmarks.configs import IMPL, TORCH_IMPL, config_label
 
+GROUP_KEYS = ("impl", "arch", "precision", "xla", "batchnorm", "input", "variant", "backend")
 LEGEND = (
     "x van: img/s over vanilla's (same impl, arch, precision, XLA, BN, input, variant, same run); "
     "ovh: vanilla's wall time per step -> this one's. CPU-s/st: process CPU seconds per step; "
@@ -12,132 +18,193 @@ LEGEND = (
     "noisy). retr: new train_step traces during timing (0 expected; '-' where the step runs "
     "eagerly: PyTorch, JAX with XLA off). x tf: img/s over the same config's on the TensorFlow "
     "backend (same run, interleaved; JAX and PyTorch time whole fit calls on NumPy batches). "
+    "x var: img/s over the same config's in the first environment variant. "
     "x torch: img/s over the PyTorch original's same method in float32 (same run, "
     "interleaved; its fastest variant); x t CPU: the original's CPU-s per step (its cheapest "
-    "variant) over this one's.")
-HEAD = (f"{'impl':<15}{'backend':<11}{'method':<15}{'precision':<15}{'xla':<4}{'bn':<6}"
-        f"{'input':<8}{'img/s':>8}{'windows':>18}{'ms/step':>8}{'x van':>7}{'ovh':>7}"
-        f"{'CPU-s/st':>9}{'CPU ovh':>8}{'util':>5}{'retr':>5}{'MiB':>6}{'x tf':>6}"
-        f"{'x torch':>8}{'x t CPU':>8}")
+    "variant) over this one's. GPU MiB: peak GPU memory of the configuration.")
 
 
-def _fmt(value, spec, missing="-"):
-    return missing if value is None else format(value, spec)
+def _vanilla_ratios(train):
+    timed = [r for r in train if r.get("img_per_s")]
+    for r in train:
+        base = next((v for v in timed if v.get("method") == "vanilla"
+                     and all(v.get(k) == r.get(k) for k in GROUP_KEYS)), {})
+        ratio = r["img_per_s"] / base["img_per_s"] if base and r.get("img_per_s") else None
+        r["ratio_to_vanilla"] = ratio
+        r["overhead_vs_vanilla"] = 1.0 / ratio - 1.0 if ratio else None
+        r["cpu_overhead_vs_vanilla"] = (r["cpu_s_per_step"] / base["cpu_s_per_step"] - 1.0
+                                        if r.get("cpu_s_per_step") and base.get("cpu_s_per_step")
+                                        else None)
+
+
+def _over_reference(rows, field, reference, out):
+    """`out`: img/s over the same config's where `field` is `reference` (runs
+    where `field` takes several values only)."""
+    if len({r.get(field) for r in rows}) < 2:
+        return
+    keys = [k for k in ("method",) + GROUP_KEYS if k != field]
+    refs = [r for r in rows if r.get(field) == reference and r.get("img_per_s")]
+    for r in rows:
+        ref = [t for t in refs if all(t.get(k) == r.get(k) for k in keys)]
+        r[out] = r["img_per_s"] / ref[0]["img_per_s"] if ref and r.get("img_per_s") else None
+
+
+def _torch_ratios(train):
+    """Against the original's best for the same arch and method: its fastest
+    variant (img/s) and its cheapest (CPU-s per step, > 1: ours costs less)."""
+    theirs = [r for r in train if r.get("impl") == TORCH_IMPL and r.get("img_per_s")]
+    for r in train:
+        ref = [t for t in theirs if t.get("method") == r.get("method")
+               and t.get("arch") == r.get("arch")]
+        if r.get("impl", IMPL) != IMPL or not r.get("img_per_s") or not ref:
+            continue
+        fastest = max(ref, key=lambda v: v["img_per_s"])
+        r["x_torch_img_per_s"] = r["img_per_s"] / fastest["img_per_s"]
+        r["torch_variant_img_per_s"] = fastest.get("variant", "")
+        cheap = [v for v in ref if v.get("cpu_s_per_step")]
+        if r.get("cpu_s_per_step") and cheap:
+            cheapest = min(cheap, key=lambda v: v["cpu_s_per_step"])
+            r["x_torch_cpu"] = cheapest["cpu_s_per_step"] / r["cpu_s_per_step"]
+            r["torch_variant_cpu"] = cheapest.get("variant", "")
+
+
+def add_ratios(results):
+    """Adds the ratios to `results` (its `train`, `memory` and `pipeline` rows)."""
+    train = results["train"]
+    _vanilla_ratios(train)
+    ours = [r for r in train if r.get("impl", IMPL) == IMPL]
+    _over_reference(ours, "backend", "tensorflow", "x_tf_img_per_s")
+    _over_reference(ours, "variant", ours[0].get("variant") if ours else None,
+                    "x_variant_img_per_s")
+    _torch_ratios(train)
+    memory = results.get("memory") or []
+    theirs = [t for t in memory if t.get("impl") == TORCH_IMPL and t.get("peak_rss_mb")]
+    for m in memory:
+        ref = [t for t in theirs if t.get("method") == m.get("method")]
+        if m.get("impl", IMPL) == IMPL and m.get("peak_rss_mb") and ref:
+            m["x_torch_peak_rss"] = m["peak_rss_mb"] / ref[0]["peak_rss_mb"]
+    fastest = max((r for r in ours if r.get("img_per_s")), key=lambda v: v["img_per_s"],
+                  default=None)
+    results["fastest_train_config"] = (
+        {k: fastest.get(k) for k in ("arch", "method", "precision", "xla", "batchnorm",
+                                     "input", "backend", "img_per_s")} if fastest else None)
+    for p in results.get("pipeline") or []:
+        p["ratio_to_fastest_model"] = (p["img_per_s"] / fastest["img_per_s"]
+                                       if fastest and p.get("img_per_s") else None)
+    return results
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
 
 
 def _pct(value):
     return _fmt(None if value is None else 100 * value, "+.1f") + "%"
 
 
+COLUMNS = (  # (header, the cell of a timed row)
+    ("img/s", lambda r: _fmt(r.get("img_per_s"), ".1f")),
+    ("windows", lambda r: "/".join(f"{v:.0f}" for v in r.get("img_per_s_windows") or [])),
+    ("ms/step", lambda r: _fmt(r.get("step_ms"), ".0f")),
+    ("x van", lambda r: _fmt(r.get("ratio_to_vanilla"), ".3f")),
+    ("ovh", lambda r: _pct(r.get("overhead_vs_vanilla"))),
+    ("CPU-s/st", lambda r: _fmt(r.get("cpu_s_per_step"), ".2f")),
+    ("CPU ovh", lambda r: _pct(r.get("cpu_overhead_vs_vanilla"))),
+    ("util", lambda r: _fmt(statistics.median(r["cpu_util_windows"])
+                            if r.get("cpu_util_windows") else None, ".2f")),
+    ("retr", lambda r: _fmt(r.get("retraces"), "d")),
+    ("MiB", lambda r: _fmt(r.get("peak_rss_mb"), ".0f")),
+    ("x tf", lambda r: _fmt(r.get("x_tf_img_per_s"), ".2f")),
+    ("x var", lambda r: _fmt(r.get("x_variant_img_per_s"), ".2f")),
+    ("x torch", lambda r: _fmt(r.get("x_torch_img_per_s"), ".2f")),
+    ("x t CPU", lambda r: _fmt(r.get("x_torch_cpu"), ".2f")),
+    ("GPU MiB", lambda r: _fmt(r.get("gpu_peak_mb"), ".0f")),
+)
+HEAD = ("impl", "backend", "method", "precision", "xla", "bn", "input",
+        *(h for h, _ in COLUMNS), "variant / note")
+
+
+def _train_line(r):
+    theirs = r.get("impl") == TORCH_IMPL
+    cells = [r.get("impl", IMPL), "-" if theirs else r.get("backend", "tensorflow"),
+             r.get("method", "?"), r.get("precision", "?"),
+             "on" if r.get("xla_effective", r.get("xla")) else "off",
+             "-" if theirs else r.get("batchnorm", "-"), "-" if theirs else r.get("input", "-")]
+    note = (f"ERROR {str(r['error'])[:150]}" if r.get("error") else
+            f"SKIPPED {r['skipped']}" if r.get("skipped") else r.get("variant") or "")
+    timed = [cell(r) for _, cell in COLUMNS] if not note.startswith(("ERROR", "SKIPPED")) \
+        else [""] * len(COLUMNS)
+    return "| " + " | ".join(map(str, cells + timed + [note.replace("|", "/")])) + " |"
+
+
 def _header(results):
     m, st = results["machine"], results["settings"]
     versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items() if v)
     lines = [
-        f"PatchUp-TF benchmark  {m['date']}",
+        f"# PatchUp-TF benchmark  {m['date']}", "",
         f"machine: {m['cpu_model']} ({', '.join(m['cpu_flags'])}), {m['cores']} cores, "
         f"{m.get('memory_gb')} GiB, GPU: {m.get('gpus') or 'none'}",
         f"software: Python {m['python']}, {versions}; env {m.get('env') or '{}'}",
         f"load average (1/5/15 min) at start {m.get('loadavg_start')}, at end "
         f"{results.get('loadavg_end')}",
         f"settings: batch {st['batch_size']}, {st['steps']} step(s) x {st['windows']} windows "
-        f"(median; configs interleaved window by window unless isolated), warm-up "
-        f"{st['warmup']} fit step(s) + 1 call, timer={st['timer']}"
+        f"(median), warm-up {st['warmup']} fit step(s) + 1 call, timer={st['timer']}"
         + (" (fit off TensorFlow)" if set(st.get("backends") or ()) - {"tensorflow"} else "")
         + f", mode={st.get('mode')}",
     ]
-    if results.get("tf"):
-        lines.append(f"TensorFlow in this process: {results['tf']}")
     for w in results.get("workers") or []:
         extra = f" torch {w['torch']}, {w.get('torch_threads')} threads" if w.get("torch") else ""
         lines.append(f"worker {w['name']}: env {w.get('env') or '{}'}{extra}"
                      + (f" ERROR {w['error']}" if w.get("error") else ""))
     if results.get("torch_skipped"):
         lines.append(f"PyTorch original: skipped ({results['torch_skipped']})")
-    return lines + [""]
-
-
-def _train_line(r):
-    torch_row = r.get("impl") == TORCH_IMPL
-    xla = "on" if r.get("xla_effective", r.get("xla")) else "off"
-    backend = "-" if torch_row else r.get("backend", "tensorflow")
-    prefix = (f"{r.get('impl', IMPL):<15}{backend:<11}{r.get('method', '?'):<15}"
-              f"{r.get('precision', '?'):<15}{xla:<4}"
-              f"{'-' if torch_row else r.get('batchnorm', '-'):<6}"
-              f"{'-' if torch_row else r.get('input', '-'):<8}")
-    if r.get("error"):
-        return f"{prefix} ERROR {str(r['error'])[:150]}"
-    if r.get("skipped"):
-        return f"{prefix} SKIPPED {r['skipped']}"
-    util = statistics.median(r["cpu_util_windows"]) if r.get("cpu_util_windows") else None
-    return (f"{prefix}{_fmt(r.get('img_per_s'), '.1f'):>8}"
-            f"{'/'.join(f'{v:.0f}' for v in r.get('img_per_s_windows', [])):>18}"
-            f"{_fmt(r.get('step_ms'), '.0f'):>8}{_fmt(r.get('ratio_to_vanilla'), '.3f'):>7}"
-            f"{_pct(r.get('overhead_vs_vanilla')):>7}{_fmt(r.get('cpu_s_per_step'), '.2f'):>9}"
-            f"{_pct(r.get('cpu_overhead_vs_vanilla')):>8}{_fmt(util, '.2f'):>5}"
-            f"{_fmt(r.get('retraces'), 'd'):>5}{_fmt(r.get('peak_rss_mb'), '.0f'):>6}"
-            f"{_fmt(r.get('x_tf_img_per_s'), '.2f'):>6}"
-            f"{_fmt(r.get('x_torch_img_per_s'), '.2f'):>8}{_fmt(r.get('x_torch_cpu'), '.2f'):>8}"
-            + (f"  [{r['variant']}]" if r.get("variant") else ""))
-
-
-def _train(results):
-    lines = []
-    for arch in sorted({r.get("arch") for r in results["train"]} - {None}):
-        lines += [f"[{arch}]", HEAD, "-" * len(HEAD)]
-        lines += [_train_line(r) for r in results["train"] if r.get("arch") == arch]
-        lines.append("")
-    return lines
-
-
-def _section(title, rows, line):
-    """`title`, one `line(row)` per row and a blank line; nothing without rows."""
-    return [title, *(line(r) for r in rows), ""] if rows else []
+    return [line if line.startswith("#") or not line else line + "  " for line in lines] + [""]
 
 
 def _memory_line(r):
     if r.get("error"):
-        return f"  {config_label(r):<70} ERROR {str(r['error'])[:120]}"
+        return f"- {config_label(r)}: ERROR {str(r['error'])[:120]}"
     ratio = r.get("x_torch_peak_rss")
-    return (f"  {config_label(r):<70}{_fmt(r.get('peak_rss_mb'), '.0f'):>7} MiB"
-            + (f"  x{ratio:.2f} the original's" if ratio else ""))
+    return (f"- {config_label(r)}: {_fmt(r.get('peak_rss_mb'), '.0f')} MiB"
+            + (f", x{ratio:.2f} the original's" if ratio else ""))
 
 
 def _mix_line(r):
-    xla = "on " if r.get("xla") else "off"
-    head = (f"  {r['mode']:<9}{r.get('precision', ''):<15}xla={xla} position {r['position']} "
-            f"{str(r.get('shape', '')):<20}")
+    head = (f"- {r['mode']} {r.get('precision', '')} xla={'on' if r.get('xla') else 'off'} "
+            f"position {r['position']} {r.get('shape', '')}:")
     if r.get("error"):
         return f"{head} ERROR {r['error'][:120]}"
-    return f"{head}{r['ms_per_call']:>8.2f} ms {r['cpu_ms_per_call']:>8.2f} CPU-ms"
+    return f"{head} {r['ms_per_call']:.2f} ms, {r['cpu_ms_per_call']:.2f} CPU-ms"
 
 
 def _pipeline_line(p):
     if p.get("error"):
-        return f"  {p.get('pipeline', '?')}: ERROR {p['error'][:150]}"
-    return (f"  {p['name']:<70}{p['img_per_s']:>9.0f} img/s  "
-            f"x{_fmt(p.get('ratio_to_fastest_model'), '.0f')}  "
+        return f"- {p.get('pipeline', '?')}: ERROR {p['error'][:150]}"
+    return (f"- {p['name']}: {p['img_per_s']:.0f} img/s, "
+            f"x{_fmt(p.get('ratio_to_fastest_model'), '.0f')}, "
             f"{p['cpu_ms_per_batch']:.1f} CPU-ms/batch, "
             f"peak {_fmt(p.get('peak_rss_mb'), '.0f')} MiB")
 
 
-def _pipeline_title(results):
-    fastest = results.get("fastest_train_config")
-    return ("input pipeline alone, as the trainer builds it (x = ratio to the fastest train "
-            "config" + (f", {fastest['method']}/{fastest['precision']} "
-                        f"{fastest['img_per_s']:.1f} img/s" if fastest else "") + "):")
-
-
 def format_table(results):
-    """The human-readable report of `results` (see `benchmarks.run.run_benchmark`)."""
-    lines = _header(results) + _train(results)
-    lines += _section("peak RSS, each configuration alone in a fresh process (build, warm-up "
-                      "and timed steps):", results.get("memory"), _memory_line)
-    lines += _section("PatchUp's own ops alone (mask + pairing + mix, forward and backward, "
-                      "per call; xla: the same compiled by XLA):", results.get("mix_ops"),
-                      _mix_line)
-    lines += _section(_pipeline_title(results), results.get("pipeline"), _pipeline_line)
-    lines += [LEGEND, f"MiB: peak RSS, {results['settings'].get('rss_scope')}.  Total wall "
-                      f"{results.get('wall_s', 0):.0f} s."]
+    """The report of `results` (see `benchmarks.run.run_benchmark`), in markdown."""
+    lines = _header(results)
+    for arch in sorted({r.get("arch") for r in results["train"]} - {None}):
+        lines += [f"## {arch}", "", "| " + " | ".join(HEAD) + " |", "|---" * len(HEAD) + "|"]
+        lines += [_train_line(r) for r in results["train"] if r.get("arch") == arch] + [""]
+    fastest = results.get("fastest_train_config")
+    for title, rows, line in (
+            ("Peak RSS, each configuration alone in a fresh process (build, warm-up and "
+             "timed steps)", results.get("memory"), _memory_line),
+            ("PatchUp's own ops alone (mask + pairing + mix, forward and backward, per call; "
+             "xla: the same compiled by XLA)", results.get("mix_ops"), _mix_line),
+            ("Input pipeline alone, as the trainer builds it (x = ratio to the fastest train "
+             "config" + (f", {fastest['method']}/{fastest['precision']} "
+                         f"{fastest['img_per_s']:.1f} img/s" if fastest else "") + ")",
+             results.get("pipeline"), _pipeline_line)):
+        lines += [f"## {title}", "", *map(line, rows), ""] if rows else []
+    lines += [LEGEND, "", f"MiB: peak RSS, {results['settings'].get('rss_scope')}. Total wall "
+                          f"{results.get('wall_s', 0):.0f} s."]
     return "\n".join(lines)
 
 

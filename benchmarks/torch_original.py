@@ -29,8 +29,6 @@ import subprocess
 import sys
 
 from benchmarks.configs import TORCH_IMPL, error_text, make_config
-from benchmarks.windows import Timed
-from benchmarks.workers import serve
 
 ORIGINAL_URL = "https://github.com/chandar-lab/PatchUp"
 EXPECTED_FILES = ("main.py", os.path.join("models", "preresnet.py"),
@@ -235,9 +233,9 @@ def _commit(checkout):
 def _worker(checkout):
     import torch
 
+    from benchmarks.workers import serve
+
     def info(job):
-        if job.get("intra_threads"):
-            torch.set_num_threads(int(job["intra_threads"]))
         return {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                 "mkldnn": bool(torch.backends.mkldnn.is_available()),
                 "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
@@ -245,7 +243,7 @@ def _worker(checkout):
 
     def make(config, job):
         try:
-            return Timed(TorchBench(config, job["batch_size"], job["warmup"], checkout)), None
+            return TorchBench(config, job["batch_size"], job["warmup"], checkout), None
         except Exception as e:  # noqa: BLE001 - reported, the others go on
             return None, error_text(e)
 
