@@ -46,30 +46,21 @@ _INDEX_LINE = re.compile(r'^model_checkpoint_path:\s*"(?:.*/)?' + NAME + r'-(\d+
 
 
 # ------------------------------------------------------------------ paths
-def flags_path(exp_dir):
-    return os.path.join(exp_dir, FLAGS_FILE)
+def _path_of(name):
+    """The function `exp_dir -> exp_dir/name`."""
+    def path(exp_dir):
+        return os.path.join(exp_dir, name)
+
+    path.__doc__ = f"`exp_dir/{name}`."
+    return path
 
 
-def report_path(exp_dir):
-    return os.path.join(exp_dir, REPORT_FILE)
-
-
-def log_path(exp_dir):
-    """The per-epoch rows (`log.json`)."""
-    return os.path.join(exp_dir, LOG_JSON)
-
-
-def best_model_path(exp_dir):
-    return os.path.join(exp_dir, BEST_MODEL)
-
-
-def saved_model_path(exp_dir):
-    return os.path.join(exp_dir, SAVED_MODEL_DIR)
-
-
-def checkpoint_dir(exp_dir):
-    """The resume point's folder (`patchup_tf.app.experiment.checkpoints`)."""
-    return os.path.join(exp_dir, CHECKPOINT_DIR)
+flags_path = _path_of(FLAGS_FILE)
+report_path = _path_of(REPORT_FILE)
+log_path = _path_of(LOG_JSON)  # the per-epoch rows
+best_model_path = _path_of(BEST_MODEL)
+saved_model_path = _path_of(SAVED_MODEL_DIR)
+checkpoint_dir = _path_of(CHECKPOINT_DIR)  # the resume point (`experiment.checkpoints`)
 
 
 def tensorboard_path(exp_dir, *parts):

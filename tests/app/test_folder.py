@@ -33,14 +33,15 @@ _FILE_IN_TEXT = re.compile("|".join(r"(?<!\w)" + re.escape(name) + r"(?!\w)"
 
 
 # ------------------------------------------------------------- the names
+_HAS_DOCSTRING = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+
+
 def _docstrings(tree):
-    nodes = set()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-                nodes.add(id(body[0].value))
-    return nodes
+    """The ids of the docstring nodes of `tree`."""
+    firsts = [node.body[0] for node in ast.walk(tree)
+              if isinstance(node, _HAS_DOCSTRING) and node.body]
+    return {id(first.value) for first in firsts
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)}
 
 
 def _path_words(tree):
