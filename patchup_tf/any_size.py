@@ -13,9 +13,6 @@ import keras
 from patchup_tf import backend
 from patchup_tf.training import MixingModel
 
-_SIZED_OPS = ("dropblock", "patchup")  # blocks sized from the map, a Python int
-
-
 @keras.saving.register_keras_serializable(package="patchup")
 class AnySizeMixingModel(MixingModel):
     """A `MixingModel` of unknown input size (see the module docstring):
@@ -28,7 +25,7 @@ class AnySizeMixingModel(MixingModel):
     def check_batch_size(self, size):
         """Refuses batches of unknown `(height, width)` when the method sizes
         blocks from the feature maps."""
-        if None in size and self.method.spec.hidden_op in _SIZED_OPS:
+        if None in size and self.method.spec.sizes_blocks:
             raise ValueError(
                 f"Invalid training data. Method '{self.method.name}' sizes "
                 "its blocks from each feature map, so this model (of unknown "

@@ -225,19 +225,53 @@ def _check_loss(value, method):
     return value
 
 
+def paper_cutout(dataset, arch):
+    """The paper's Cutout side: 20 on SVHN, 8 for WRN, 16 for PreActResNet."""
+    if dataset == "svhn":
+        return 20
+    return 8 if arch.startswith("wrn") else 16
+
+
 @dataclasses.dataclass(frozen=True)
 class Option:
-    """One method option: its validator `check(value, method) -> value`, its
-    command-line flag (None: the method's `block_flag`) and help text."""
+    """One method option.
+
+    Attributes:
+        check: its validator `check(value, method) -> value`.
+        flag: its command-line flag (None: the method's `block_flag`).
+        help: the flag's help text.
+        type: the flag's value type (`bool`: `--flag`, `--flag True/False`).
+        nargs: how many values the flag takes (None: one).
+        choices: the values the flag accepts (None: any of `type`).
+        flag_default: the flag's value when not given (None: the method's).
+        data_default: `data_default(dataset, arch)`, the paper's setting
+            for that data and network, which the trainer takes when unset
+            (None: the method's default).
+        in_name: when the option enters an experiment's name: `"always"`,
+            `"changed"` (when it differs from the method's default; a bool
+            then enters by its label alone), or None (never, or apart).
+        label: its name in experiment names (None: the flag's, without
+            the dashes).
+    """
 
     check: object
     flag: Optional[str]
     help: str
+    type: type = float
+    nargs: Optional[int] = None
+    choices: Optional[tuple] = None
+    flag_default: object = None
+    data_default: object = None
+    in_name: Optional[str] = "always"
+    label: Optional[str] = None
 
+
+PAIRINGS = ("replica", "global")
+"""Where a sample's partner comes from when several replicas train one batch."""
 
 OPTIONS = {
     "alpha": Option(lambda v, m: check_alpha(v, positive=m.patchup_mode is not None),
-                    "--alpha", "Beta(alpha, alpha) for lam"),
+                    "--alpha", "Beta(alpha, alpha) for lam", in_name=None),
     "gamma": Option(lambda v, m: check_prob("gamma", v), "--gamma",
                     "PatchUp: share of features to alter before the block adjustment"),
     "keep_prob": Option(lambda v, m: check_prob("keep_prob", v), "--keep_prob",
@@ -246,21 +280,28 @@ OPTIONS = {
                            "--patchup_prob", "probability of a PatchUp step"),
     "cutmix_prob": Option(lambda v, m: check_prob("cutmix_prob", v, allow_zero=True),
                           "--cutmix_prob", "probability of a CutMix step"),
-    "block_size": Option(lambda v, m: check_block(v), None, "block side on 32-wide maps"),
-    "cutout": Option(_check_cutout, "--cutout", "Cutout's hole side in pixels"),
+    "block_size": Option(lambda v, m: check_block(v), None, "block side on 32-wide maps",
+                         type=int),
+    "cutout": Option(_check_cutout, "--cutout", "Cutout's hole side in pixels (default 16 "
+                     "PreActResNet, 8 WRN, 20 SVHN)", type=int, data_default=paper_cutout),
     "dropblock_all": Option(_check_bool("dropblock_all"), "--drop_block_all",
-                            "DropBlock at every position 1..k"),
-    "k": Option(_check_k, "--k", "positions 0..k may mix"),
+                            "DropBlock at every position 1..k", type=bool,
+                            label="dropblock_all"),
+    "k": Option(_check_k, "--k", "positions 0..k may mix", type=int),
     "loss_params": Option(_check_loss_params, "--loss_params",
-                          "PatchUp loss weights (alpha, beta)"),
-    "loss": Option(_check_loss, "--loss", "bce: BCE on softmax (the paper's); ce"),
+                          "PatchUp loss weights (alpha, beta)", nargs=2, in_name="changed"),
+    "loss": Option(_check_loss, "--loss", "bce: BCE on softmax (the paper's); ce", type=str,
+                   choices=LOSSES, flag_default="bce", in_name="changed"),
     "label_smoothing": Option(lambda v, m: check_label_smoothing(v), "--label_smoothing",
-                              "eps: targets (1 - eps) y + eps / K before any mixing (0)"),
+                              "eps: targets (1 - eps) y + eps / K before any mixing",
+                              in_name="changed"),
     "per_sample": Option(_check_bool("per_sample"), "--per_sample",
-                         "draw lam, boxes and masks per image instead of per batch (False)"),
+                         "draw lam, boxes and masks per image instead of per batch", type=bool,
+                         in_name="changed"),
     "pairing": Option(lambda v, m: check_choice("pairing", v, PAIRINGS), "--pairing",
                       "with several replicas: replica (a plan and partners per replica) or "
-                      "global (one plan; partners from the whole global batch)"),
+                      "global (one plan; partners from the whole global batch)", type=str,
+                      choices=PAIRINGS, in_name="changed"),
     "prob": Option(lambda v, m: check_prob("prob", v, allow_zero=True), "--prob",
                    "probability of a mixing step"),
     "switch_prob": Option(lambda v, m: check_prob("switch_prob", v, allow_zero=True),
@@ -273,8 +314,10 @@ OPTIONS = {
 }
 """Every method option, by its Python name."""
 
-PAIRINGS = ("replica", "global")
-"""Where a sample's partner comes from when several replicas train one batch."""
+NAME_ORDER = ("k", "dropblock_all", "keep_prob", "block_size", "patchup_prob", "patchup_mode",
+              "gamma", "loss_params", "cutout", "cutmix_prob", "loss", "mixup_alpha",
+              "cutmix_alpha", "switch_prob", "prob", "per_sample", "label_smoothing", "pairing")
+"""The order in which options (and `MethodSpec.patchup_mode`) enter experiment names."""
 
 COMMON_DEFAULTS = {"loss": "bce", "label_smoothing": 0.0, "pairing": "replica"}
 """Options every method takes."""
@@ -314,6 +357,9 @@ class MethodSpec:
             switch.
         switch_option: the option holding the switch probability.
         switch_alpha: the switched steps' alpha (a number or an option).
+        train: the reference's `--train` value (None: the name); the
+            methods that share one are told apart by `--patchup_type`, their
+            `patchup_mode`.
     """
 
     name: str
@@ -331,6 +377,23 @@ class MethodSpec:
     switch_key: Optional[str] = None
     switch_option: Optional[str] = None
     switch_alpha: object = None
+    train: Optional[str] = None
+
+    @property
+    def reference_train(self):
+        """The reference's `--train` value for this method."""
+        return self.train or self.name
+
+    @property
+    def sizes_blocks(self):
+        """True if the method sizes its blocks from each feature map."""
+        return "block_size" in self.defaults
+
+    def name_fields(self):
+        """The options (and `patchup_mode`) that may enter an experiment's
+        name, in `NAME_ORDER`."""
+        present = {*self.options(), *(("patchup_mode",) if self.patchup_mode else ())}
+        return tuple(key for key in NAME_ORDER if key in present)
 
     @property
     def hidden_only(self):
@@ -371,7 +434,7 @@ def _patchup(mode, gamma, prob):
         name=f"{mode}_patchup", input_op="cutmix", hidden_op="patchup",
         positions="one_of_0_k", loss_form="patchup", prob_option="patchup_prob",
         input_alpha=1.0, hidden_alpha="alpha", patchup_mode=mode,
-        block_flag="--patchup_block",
+        block_flag="--patchup_block", train="patchup",
         defaults={**_PATCHUP, "gamma": gamma, "patchup_prob": prob},
     )
 
@@ -403,6 +466,8 @@ METHOD_SPECS = {spec.name: spec for spec in _SPECS}
 """The method table: name -> `MethodSpec`."""
 
 METHODS = tuple(METHOD_SPECS)
+DEFAULT_METHOD = "vanilla"
+"""The method of a model or a run that names none: no mixing."""
 PAPER_DEFAULTS = {name: spec.options() for name, spec in METHOD_SPECS.items()}
 """Options each method takes and their defaults (the paper's runs), the
 common ones (`COMMON_DEFAULTS`) included."""

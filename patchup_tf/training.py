@@ -34,7 +34,7 @@ from patchup_tf.layers.mixing_point import (
 from patchup_tf.losses import softmax_ce
 from patchup_tf.methods import Method
 from patchup_tf.optimizer import TorchSGD
-from patchup_tf.rules import check_epoch, check_seed
+from patchup_tf.rules import DEFAULT_METHOD, check_epoch, check_seed
 
 
 def _mixing_positions(model):
@@ -73,7 +73,7 @@ class MixingModel(keras.Model):
         super().__init__(*args, **kwargs)
         if method is None and method_options is None and seed is None:
             method, method_options, seed = _copied_settings(self.outputs)
-        self.method = Method(method or "vanilla", **dict(method_options or {}))
+        self.method = Method(method or DEFAULT_METHOD, **dict(method_options or {}))
         self._mixing_switch = backend.current().Switch()
         seed = check_seed(seed)
         self.seed = random.SystemRandom().randrange(2**31) if seed is None else seed
@@ -358,7 +358,7 @@ def _copied_settings(outputs):
     `MixingModel._run_through_graph`), else vanilla's with no seed."""
     settings = getattr(outputs[0], "_mixing_settings", None) if len(outputs) == 1 else None
     if settings is None:
-        return "vanilla", None, None
+        return DEFAULT_METHOD, None, None
     return settings["method"], settings["method_options"], settings["seed"]
 
 

@@ -34,10 +34,3 @@ def check_eps_list(eps_list):
     if not values:
         raise ValueError("FGSM needs at least one eps")
     return values
-
-
-def cutout_default(dataset, arch):
-    """The paper's Cutout side: 20 on SVHN, 8 for WRN, 16 for PreActResNet."""
-    if dataset == "svhn":
-        return 20
-    return 8 if arch.startswith("wrn") else 16

@@ -56,7 +56,7 @@ import time
 
 from patchup_tf.app.constants import PRECISIONS
 
-from patchup_tf.rules import application_name
+from patchup_tf.rules import DEFAULT_METHOD, application_name
 
 BF16_MIN_COMPUTE_CAPABILITY = (8, 0)
 SPEEDUP_MARGIN = 1.05  # bfloat16 only if its step is at least 5% faster
@@ -235,7 +235,7 @@ def _spec_builder(spec):
     """The model `spec["arch"]` names, with `spec["method"]`: one of
     `patchup_tf.models.ARCHS`, or `"keras:<Name>"` for a `keras.applications`
     network with the method attached (as the trainer builds it)."""
-    method, classes = spec.get("method", "vanilla"), spec.get("num_classes", 10)
+    method, classes = spec.get("method", DEFAULT_METHOD), spec.get("num_classes", 10)
     name = application_name(spec["arch"])
     if name is not None:
         from patchup_tf.attachment import attach

@@ -13,13 +13,15 @@ from typing import NamedTuple, Optional
 
 # Nothing here imports TensorFlow: a bad command line is answered at once.
 from patchup_tf.errors import UsageError
-from patchup_tf.app.constants import DATASETS, FOLDER, PRECISIONS, cutout_default
+from patchup_tf.app.constants import DATASETS, FOLDER, PRECISIONS
 from patchup_tf.app.folder import FLAGS_FILE
-from patchup_tf.rules import ARCHS, application_name, LOSSES, METHOD_SPECS, METHODS, OPTIONS, PAPER_DEFAULTS, PAIRINGS
+from patchup_tf.rules import (ARCHS, DEFAULT_METHOD, METHOD_SPECS, METHODS, OPTIONS,
+                              PAPER_DEFAULTS, PATCHUP_MODES, application_name)
 
-# The reference's --train values: PatchUp is one, with --patchup_type.
-TRAIN_CHOICES = tuple(dict.fromkeys(
-    "patchup" if spec.patchup_mode else name for name, spec in METHOD_SPECS.items()))
+# The reference's --train values: the PatchUp methods share one, with --patchup_type.
+TRAIN_CHOICES = tuple(dict.fromkeys(spec.reference_train for spec in METHOD_SPECS.values()))
+_SHARED_TRAIN = tuple(train for train in TRAIN_CHOICES
+                      if sum(s.reference_train == train for s in METHOD_SPECS.values()) > 1)
 # Every flag that sets a method option, and the option's name.
 OPTION_FLAGS = {
     **{o.flag: key for key, o in OPTIONS.items() if o.flag},
@@ -98,39 +100,43 @@ def _data_flags(p):
 
 
 def _method_flags(p):
-    """The method and its options (unset: the paper's settings)."""
+    """The method and its options (unset: the paper's settings), from the method table."""
     g = p.add_argument_group("method")
     a = g.add_argument
     a("--train", default=None, choices=TRAIN_CHOICES, help="the reference's method flag")
     a("--method", default=None, choices=METHODS, help="short form, e.g. soft_patchup")
-    a("--alpha", type=float, default=None, help="Beta(alpha, alpha) for mixup/manifold mixup/PatchUp")
-    a("--cutout", type=int, default=None, help="cutout side (default 16 PreActResNet, 8 WRN, 20 SVHN)")
-    a("--drop_block", type=int, default=None, help="DropBlock block size (7)")
-    _bool_flag(g, "--drop_block_all", "DropBlock at every position 1..k (default: True, the "
-               "paper's)", default=None)
-    a("--k", type=int, default=None, help="positions 0..k may mix (2)")
-    a("--keep_prob", type=float, default=None, help="DropBlock keep probability (0.9)")
-    a("--gamma", type=float, default=None, help="PatchUp gamma (soft 0.75, hard 0.5)")
-    a("--patchup_block", type=int, default=None, help="PatchUp block on 32x32 maps (7)")
-    a("--patchup_prob", type=float, default=None, help="PatchUp probability (soft 1.0, hard 0.7)")
-    a("--patchup_type", default=None, choices=("soft", "hard"))
-    a("--cutmix_prob", type=float, default=None, help="CutMix probability (0.4)")
-    a("--loss_params", type=float, nargs=2, default=None, help="PatchUp loss weights alpha beta (1 1)")
-    a("--loss", default="bce", choices=LOSSES, help="bce: the reference's BCE on softmax")
-    # Beyond the paper's recipe (unset: the paper's behaviour).
-    a("--label_smoothing", type=float, default=None,
-      help="eps in [0, 1): targets (1 - eps) y + eps / K before any mixing (0)")
-    _bool_flag(g, "--per_sample", "draw lam, boxes and masks per image, not per batch (False; "
-               "mixup, manifold_mixup, cutmix, dropblock, PatchUp, mixup_cutmix)", default=None)
-    a("--pairing", default=None, choices=PAIRINGS, help=OPTIONS["pairing"].help + " (replica)")
-    a("--switch_prob", type=float, default=None,
-      help="mixup_cutmix: probability of CutMix instead of Mixup (0.5)")
-    a("--mixup_alpha", type=float, default=None, help="mixup_cutmix: Mixup's Beta alpha (0.8)")
-    a("--cutmix_alpha", type=float, default=None, help="mixup_cutmix: CutMix's Beta alpha (1.0)")
-    a("--prob", type=float, default=None, help="mixup_cutmix: probability of a mixing step (1.0)")
+    a("--patchup_type", default=None, choices=PATCHUP_MODES,
+      help=f"with --train {' or --train '.join(_SHARED_TRAIN)}: which of them")
+    for flag, key in OPTION_FLAGS.items():
+        option = OPTIONS[key]
+        help_text = option.help if option.data_default else (
+            f"{option.help} ({option_defaults(key, flag)})")
+        if option.type is bool:
+            _bool_flag(g, flag, help_text, default=option.flag_default)
+        else:
+            a(flag, type=option.type, nargs=option.nargs, choices=option.choices,
+              default=option.flag_default, help=help_text)
     a("--mix_off_epoch", type=int, default=None,
       help="mix in the first E epochs only; epochs E+1.. train on clean targets "
            "(default: never stop)")
+
+
+def option_defaults(key, flag):
+    """What an unset `flag` (the option `key`) takes, per method: `"mixup 1.0;
+    soft_patchup, hard_patchup 2.0"`, or `"every method: bce"`."""
+    specs = [spec for spec in METHOD_SPECS.values()
+             if key in spec.options() and spec.flag_of(key) == flag]
+    if len(specs) == len(METHOD_SPECS):
+        return f"every method: {_shown(specs[0].options()[key])}"
+    groups = {}
+    for spec in specs:
+        groups.setdefault(_shown(spec.options()[key]), []).append(spec.name)
+    return "; ".join(f"{', '.join(names)}: {value}" for value, names in groups.items())
+
+
+def _shown(value):
+    """An option value as a flag spells it."""
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def _recipe_flags(p):
@@ -217,25 +223,32 @@ def check_image_size(args):
 
 def resolve_method(args):
     """The method name from `--method` or `--train`/`--patchup_type`."""
-    from_train = None
-    if args.train == "patchup":
-        if args.patchup_type is None:
-            raise FlagError("--train patchup needs --patchup_type soft or --patchup_type hard")
-        from_train = f"{args.patchup_type}_patchup"
-    elif args.train is not None:
-        from_train = args.train
+    shared = args.train in _SHARED_TRAIN
+    from_train = _method_of_train(args.train, args.patchup_type) if args.train else None
     if args.method and from_train and args.method != from_train:
         raise FlagError(
             f"--method {args.method} contradicts --train {args.train}"
-            + (f" --patchup_type {args.patchup_type}" if args.train == "patchup" else "")
+            + (f" --patchup_type {args.patchup_type}" if shared else "")
             + "; give one of them"
         )
-    method = args.method or from_train or "vanilla"
-    if args.patchup_type and not method.endswith("_patchup"):
+    method = args.method or from_train or DEFAULT_METHOD
+    mode = METHOD_SPECS[method].patchup_mode
+    if args.patchup_type and mode is None:
         raise FlagError(f"--patchup_type is only for PatchUp; the method is {method}")
-    if method.endswith("_patchup") and args.patchup_type and not method.startswith(args.patchup_type):
+    if args.patchup_type and mode != args.patchup_type:
         raise FlagError(f"--method {method} contradicts --patchup_type {args.patchup_type}")
     return method
+
+
+def _method_of_train(train, patchup_type):
+    """The method that the reference's `--train` (and `--patchup_type`) name."""
+    specs = [spec for spec in METHOD_SPECS.values() if spec.reference_train == train]
+    if len(specs) == 1:
+        return specs[0].name
+    if patchup_type is None:
+        raise FlagError(f"--train {train} needs "
+                        + " or ".join(f"--patchup_type {s.patchup_mode}" for s in specs))
+    return next(s.name for s in specs if s.patchup_mode == patchup_type)
 
 
 def method_options(args, method):
@@ -255,8 +268,9 @@ def method_options(args, method):
             f"{', '.join(sorted(used))})")
     options = {key: getattr(args, flag[2:]) for flag, key in used.items()
                if getattr(args, flag[2:]) is not None}
-    if "cutout" in spec.defaults and "cutout" not in options:
-        options["cutout"] = cutout_default(args.dataset, args.arch)
+    for key in spec.defaults:
+        if key not in options and OPTIONS[key].data_default is not None:
+            options[key] = OPTIONS[key].data_default(args.dataset, args.arch)
     return options
 
 
@@ -272,8 +286,7 @@ def check_values(args, method, options):
         try:
             OPTIONS[key].check(value, spec)
         except ValueError as e:
-            shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
-            raise FlagError(f"{spec.flag_of(key)} {shown}: {e}") from None
+            raise FlagError(f"{spec.flag_of(key)} {_shown(value)}: {e}") from None
     for flag, value, ok, expected in (
         ("--learning_rate", args.learning_rate, lambda v: math.isfinite(v) and v > 0, "a float > 0"),
         ("--momentum", args.momentum, lambda v: math.isfinite(v) and v >= 0, "a float >= 0"),
@@ -334,10 +347,10 @@ def experiment_name(args, method, epochs):
     unset), so runs with other settings never share a folder and the same
     run, with or without the default flags spelled out, always does.
     """
+    spec = METHOD_SPECS[method]
     o = {**PAPER_DEFAULTS[method], **method_options(args, method)}
-    train = "patchup" if method.endswith("_patchup") else method  # the reference's --train
-    name = (f"{dataset_label(args)}_arch_{args.arch.replace(':', '-')}_train_{train}"
-            f"_m_alpha_{o.get('alpha', 0.0)}"
+    name = (f"{dataset_label(args)}_arch_{args.arch.replace(':', '-')}"
+            f"_train_{spec.reference_train}_m_alpha_{o.get('alpha', 0.0)}"
             f"_eph_{epochs}_bs_{args.batch_size}_lr_{args.learning_rate}_mom_{args.momentum}"
             f"_decay_{args.decay}_seed_{args.seed}")
     if args.image_size not in (None, 32):
@@ -346,37 +359,36 @@ def experiment_name(args, method, epochs):
         name += f"_weights_{os.path.splitext(os.path.basename(args.weights))[0]}"
     if args.add_name:
         name += f"_add_name_{args.add_name}"
-    if "k" in o:
-        name += f"_k_{o['k']}"
-    if method == "dropblock":
-        name += (f"_dropblock_all_{o['dropblock_all']}_keep_prob_{o['keep_prob']}"
-                 f"_drop_block_{o['block_size']}")
-    if method == "cutout":
-        name += f"_cutout_{o['cutout']}"
-    if method == "cutmix":
-        name += f"_cutmix_prob_{o['cutmix_prob']}"
-    if method.endswith("_patchup"):
-        name += (f"_patchup_block_{o['block_size']}_patchup_prob_{o['patchup_prob']}"
-                 f"_patchup_mode_{method.split('_')[0]}_gamma_{o['gamma']}")
-        if tuple(o["loss_params"]) != (1.0, 1.0):
-            name += "_loss_params_" + "_".join(str(v) for v in o["loss_params"])
-    if o.get("loss", "bce") != "bce":
-        name += f"_loss_{o['loss']}"
-    # Beyond the paper: only values other than the defaults enter the name.
-    if method == "mixup_cutmix":
-        name += (f"_mixup_alpha_{o['mixup_alpha']}_cutmix_alpha_{o['cutmix_alpha']}"
-                 f"_switch_prob_{o['switch_prob']}_prob_{o['prob']}")
-    if o.get("per_sample"):
-        name += "_per_sample"
-    if o.get("label_smoothing", 0.0) != 0.0:
-        name += f"_label_smoothing_{o['label_smoothing']}"
-    if o.get("pairing", "replica") != "replica":
-        name += f"_pairing_{o['pairing']}"
+    name += method_name_part(spec, o)
     if getattr(args, "mix_off_epoch", None) is not None:
         name += f"_mix_off_epoch_{args.mix_off_epoch}"
     if args.job_id:
         name += f"_job_id_{args.job_id}"
     return name
+
+
+def method_name_part(spec, options):
+    """The method's options in an experiment name, as the method table says
+    (`Option.in_name`, `rules.NAME_ORDER`): `_k_2_cutmix_prob_0.4...`."""
+    part = ""
+    for key in spec.name_fields():
+        if key not in OPTIONS:  # an attribute of the method: `patchup_mode`
+            part += f"_{key}_{getattr(spec, key)}"
+            continue
+        option, value = OPTIONS[key], options[key]
+        label = option.label or spec.flag_of(key)[2:]
+        if option.in_name == "changed" and _same(value, spec.options()[key]):
+            continue
+        if option.in_name == "changed" and option.type is bool:
+            part += f"_{label}"
+        else:
+            part += f"_{label}_{_shown(value).replace(' ', '_')}"
+    return part
+
+
+def _same(value, default):
+    """An option's value equals its default (a flag's list as the table's tuple)."""
+    return (tuple(value) if isinstance(value, list) else value) == default
 
 
 class RunConfig(NamedTuple):
