@@ -487,6 +487,16 @@ def check_choice(name, value, choices):
     return value
 
 
+def schedule_problem(schedule, step_factors):
+    """What breaks a step learning-rate schedule: `"length"` (not one factor
+    per milestone), `"order"` (milestones not ascending), or None."""
+    if len(schedule) != len(step_factors):
+        return "length"
+    if list(schedule) != sorted(schedule):
+        return "order"
+    return None
+
+
 def hidden_positions(spec, options) -> Tuple[int, ...]:
     """The positions >= 1 at which a method with these options may act."""
     if spec.hidden_op is None:

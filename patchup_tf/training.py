@@ -34,7 +34,7 @@ from patchup_tf.layers.mixing_point import (
 from patchup_tf.losses import softmax_ce
 from patchup_tf.methods import Method
 from patchup_tf.optimizer import TorchSGD
-from patchup_tf.rules import DEFAULT_METHOD, check_epoch, check_seed
+from patchup_tf.rules import DEFAULT_METHOD, check_epoch, check_seed, schedule_problem
 
 
 def _mixing_positions(model):
@@ -425,12 +425,13 @@ def step_lr(learning_rate, schedule=(), step_factors=()):
     epoch)` (0-based epochs, ascending milestones), set at each epoch start.
     """
     schedule, step_factors = list(schedule), list(step_factors)
-    if len(schedule) != len(step_factors):
+    problem = schedule_problem(schedule, step_factors)
+    if problem == "length":
         raise ValueError(
             "`schedule` and `step_factors` must have the same length. "
             f"Received: schedule={schedule}, step_factors={step_factors}"
         )
-    if schedule != sorted(schedule):
+    if problem == "order":
         raise ValueError(f"`schedule` must be ascending. Received: schedule={schedule}")
 
     def lr_at(epoch, _current_lr=None):
@@ -442,13 +443,20 @@ def step_lr(learning_rate, schedule=(), step_factors=()):
     return lr_at
 
 
+def paper_optimizer(learning_rate=0.1, momentum=0.9, decay=1e-4):
+    """The paper's optimiser: SGD lr 0.1, momentum 0.9, Nesterov, coupled L2
+    `decay` on every parameter (a `TorchSGD`)."""
+    return TorchSGD(learning_rate=learning_rate, momentum=momentum, nesterov=True, l2=decay)
+
+
 def recipe(learning_rate=0.1, momentum=0.9, decay=1e-4, schedule=(500, 1000, 1500),
            step_factors=(0.1, 0.1, 0.1)):
     """The paper's optimiser and schedule: `(TorchSGD, LearningRateScheduler)`.
 
-    SGD lr 0.1, momentum 0.9, Nesterov, coupled L2 `decay` on every parameter;
-    the defaults are the PreActResNet schedule (WRN: `(200, 300), (0.1, 0.1)`).
+    `paper_optimizer(learning_rate, momentum, decay)` and the `step_lr`
+    schedule; the defaults are the PreActResNet schedule (WRN: `(200, 300),
+    (0.1, 0.1)`).
     """
     lr_at = step_lr(learning_rate, schedule, step_factors)
-    optimizer = TorchSGD(learning_rate=learning_rate, momentum=momentum, nesterov=True, l2=decay)
+    optimizer = paper_optimizer(learning_rate, momentum, decay)
     return optimizer, keras.callbacks.LearningRateScheduler(lr_at)

@@ -24,11 +24,16 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # Keras dtype polic
 FGSM_EPS = (0.0, 0.05, 0.1, 0.12, 0.15, 0.18, 0.2)  # the paper's FGSM sweep
 
 
+def is_fgsm_eps(eps):
+    """An FGSM eps: a finite real number >= 0 (not a bool)."""
+    return is_real(eps) and math.isfinite(float(eps)) and float(eps) >= 0
+
+
 def check_eps_list(eps_list):
-    """FGSM's eps values as floats; each a finite number >= 0, at least one."""
+    """FGSM's eps values as floats; each `is_fgsm_eps`, at least one."""
     values = []
     for eps in eps_list:
-        if not (is_real(eps) and math.isfinite(float(eps)) and float(eps) >= 0):
+        if not is_fgsm_eps(eps):
             raise ValueError(f"FGSM eps must be a finite number >= 0, got {eps!r}")
         values.append(float(eps))
     if not values:

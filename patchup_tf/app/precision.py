@@ -295,13 +295,13 @@ def probe_builder(model_builder, *, batch_size, input_shape=(32, 32, 3), num_cla
 
     `model_builder()` is called once under each global policy and must
     return a (compiled or not) `MixingModel` or Keras model outputting
-    `num_classes` logits; uncompiled ones get `recipe()`'s optimizer.
+    `num_classes` logits; uncompiled ones get `paper_optimizer()`.
     """
     import keras
     import tensorflow as tf
 
     from patchup_tf.app.steptimer import KerasSteps
-    from patchup_tf.training import recipe
+    from patchup_tf.training import paper_optimizer
 
     x = tf.random.stateless_normal([2, batch_size, *input_shape], [0, 1])
     y = tf.one_hot(tf.random.stateless_uniform([2, batch_size], [0, 2], 0, num_classes,
@@ -314,7 +314,7 @@ def probe_builder(model_builder, *, batch_size, input_shape=(32, 32, 3), num_cla
             keras.mixed_precision.set_global_policy(precision)
             model = model_builder()
             if not getattr(model, "optimizer", None) or not getattr(model, "compiled", True):
-                model.compile(optimizer=recipe()[0])
+                model.compile(optimizer=paper_optimizer())
             benches[precision] = KerasSteps(model, data, warmup=warmup)
     finally:
         keras.mixed_precision.set_global_policy(previous)

@@ -7,8 +7,6 @@ the batch), then the perturbation `x_adv - x` clipped to `[-eps, eps]`, as in
 the reference `utility/adversarial_attack.py`.
 """
 
-import math
-import numbers
 import weakref
 
 import tensorflow as tf
@@ -20,6 +18,7 @@ from patchup_tf.app.evaluation.metrics import (
     sum_over_batches,
 )
 from patchup_tf.app.constants import FGSM_EPS as DEFAULT_EPS  # the paper's sweep
+from patchup_tf.app.constants import is_fgsm_eps
 
 __all__ = ["DEFAULT_EPS", "fgsm", "fgsm_sweep"]
 
@@ -28,10 +27,7 @@ _FN_CACHE = weakref.WeakKeyDictionary()
 
 
 def _check_eps(eps):
-    ok = isinstance(eps, numbers.Real) and not isinstance(eps, bool)
-    if ok:
-        ok = math.isfinite(float(eps)) and float(eps) >= 0
-    if not ok:
+    if not is_fgsm_eps(eps):
         raise ValueError(
             "Invalid value received for argument `eps`. Expected a number "
             f">= 0. Received: eps={eps!r}"

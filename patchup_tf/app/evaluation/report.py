@@ -27,7 +27,7 @@ from typing import Any, Optional, Tuple
 import tensorflow as tf
 
 from patchup_tf.app import folder as folder_lib
-from patchup_tf.app.constants import AFFINE_DATASETS, check_eps_list
+from patchup_tf.app.constants import AFFINE_DATASETS
 
 __all__ = [
     "EvaluationError",
@@ -356,7 +356,8 @@ def evaluate_model(loaded, dataset, raw, *, affine_paths=None, eps_list=None,
         dataset: the data set's name (for its normalisation statistics).
         raw: its `RawData` (uint8 test images, int64 labels, class names).
         affine_paths: the deformed sets to evaluate (CIFAR-100 only), or None.
-        eps_list: FGSM perturbation sizes, or None for no FGSM.
+        eps_list: FGSM perturbation sizes (as `check_eps_list` returns
+            them), or None for no FGSM.
         batch_size: the batch size of every evaluation; the FGSM range
             `[min, max]` is taken per batch, so the paper's numbers need 100.
         data_dir: recorded in the results.
@@ -380,8 +381,6 @@ def evaluate_model(loaded, dataset, raw, *, affine_paths=None, eps_list=None,
     num_classes = NUM_CLASSES.get(dataset) or len(raw.class_names)
     image_shape = tuple(raw.x_test.shape[1:])
     check_model_fits(loaded, dataset, image_shape, num_classes)
-    if eps_list is not None:
-        eps_list = _checked_eps_list(eps_list)
     if affine_paths:
         _check_affine_dataset(dataset)
         check_affine_sets(affine_paths, raw.class_names, image_shape)
@@ -406,14 +405,6 @@ def _check_batch_size(batch_size):
     """Raises `EvaluationError` unless `batch_size` is an int >= 1 (not a bool)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise EvaluationError(f"batch size must be an integer >= 1, got {batch_size!r}")
-
-
-def _checked_eps_list(eps_list):
-    """`check_eps_list(eps_list)`, its `ValueError` raised as `EvaluationError`."""
-    try:
-        return check_eps_list(eps_list)
-    except ValueError as e:
-        raise EvaluationError(str(e)) from None
 
 
 def _normalisation(dataset, mean_std):

@@ -16,7 +16,8 @@ from patchup_tf.errors import UsageError
 from patchup_tf.app.constants import DATASETS, FOLDER, PRECISIONS
 from patchup_tf.app.folder import FLAGS_FILE
 from patchup_tf.rules import (ARCHS, DEFAULT_METHOD, METHOD_SPECS, METHODS, OPTIONS,
-                              PAPER_DEFAULTS, PATCHUP_MODES, application_name)
+                              PAPER_DEFAULTS, PATCHUP_MODES, application_name,
+                              schedule_problem)
 
 # The reference's --train values: the PatchUp methods share one, with --patchup_type.
 TRAIN_CHOICES = tuple(dict.fromkeys(spec.reference_train for spec in METHOD_SPECS.values()))
@@ -318,12 +319,13 @@ def resolve_schedule(args):
     epochs = args.epochs if args.epochs is not None else paper_epochs
     schedule = args.schedule if args.schedule is not None else paper_schedule
     factors = args.step_factors if args.step_factors is not None else [0.1] * len(schedule)
-    if len(schedule) != len(factors):
+    problem = schedule_problem(schedule, factors)
+    if problem == "length":
         raise FlagError(
             f"--schedule has {len(schedule)} milestones ({schedule}) but --step_factors has "
             f"{len(factors)} ({factors}); give one factor per milestone"
         )
-    if list(schedule) != sorted(schedule):
+    if problem == "order":
         raise FlagError(f"--schedule must be ascending, got {schedule}")
     if epochs < 1:
         raise FlagError(f"--epochs must be >= 1, got {epochs}")

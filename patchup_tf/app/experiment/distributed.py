@@ -58,6 +58,8 @@ import sys
 import keras
 import tensorflow as tf
 
+from patchup_tf.errors import UsageError
+
 __all__ = ["train_loop", "shard_by_data", "barrier", "num_workers"]
 
 
@@ -89,17 +91,28 @@ def barrier(strategy):
     float(all_reduce())
 
 
+def check_global_batch(batch, replicas, flag=None):
+    """A global batch of `batch` (None: unknown) splits evenly across
+    `replicas`; else a `ValueError`, or a `UsageError` naming `flag` (the
+    trainer's `--batch_size`) with a batch size that does."""
+    if batch is None or batch % replicas == 0:
+        return
+    if flag is not None:
+        raise UsageError(
+            f"{flag} {batch} is the global batch and must be a multiple of the "
+            f"{replicas} replicas; use e.g. {flag} {replicas * max(1, batch // replicas)}")
+    raise ValueError(
+        f"The global batch size {batch} does not split evenly across "
+        f"{replicas} replicas; give a --batch_size that is a multiple of "
+        f"{replicas} (each replica then trains on batch/{replicas})."
+    )
+
+
 def _check_batch(dataset, strategy):
     spec = dataset.element_spec
     images = spec[0] if isinstance(spec, (tuple, list)) else spec
-    batch = images.shape[0] if images.shape.rank else None
-    replicas = strategy.num_replicas_in_sync
-    if batch is not None and batch % replicas:
-        raise ValueError(
-            f"The global batch size {batch} does not split evenly across "
-            f"{replicas} replicas; give a --batch_size that is a multiple of "
-            f"{replicas} (each replica then trains on batch/{replicas})."
-        )
+    check_global_batch(images.shape[0] if images.shape.rank else None,
+                       strategy.num_replicas_in_sync)
 
 
 def _make_step(model, strategy):

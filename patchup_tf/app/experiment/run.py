@@ -41,7 +41,7 @@ from patchup_tf.app.evaluation import evaluate_affine_sets, evaluate_classifier,
 from patchup_tf.app.evaluation.report import EvaluationError, affine_set_paths
 from patchup_tf.app.experiment.checkpoints import RunCheckpoint
 from patchup_tf.app.experiment.config import differences
-from patchup_tf.app.experiment.distributed import train_loop
+from patchup_tf.app.experiment.distributed import check_global_batch, train_loop
 from patchup_tf.app.experiment.logs import ExperimentLog
 from patchup_tf.app import folder as folder_lib
 from patchup_tf.app.folder import FLAGS_FILE, LEGACY_STATE, has_checkpoint
@@ -49,7 +49,7 @@ from patchup_tf.files import export_saved_model, remove_stale_temporaries, write
 from patchup_tf.models.applications import keras_application
 from patchup_tf.app.constants import PRECISIONS
 from patchup_tf.rules import application_name
-from patchup_tf.training import StopMixing, StopOnNonFinite, recipe, step_lr
+from patchup_tf.training import StopMixing, StopOnNonFinite, paper_optimizer, step_lr
 
 
 # -------------------------------------------------------------------- run
@@ -83,12 +83,7 @@ def set_up(args):
         configure_determinism()
     # First: MultiWorkerMirroredStrategy must configure the runtime before any op runs.
     strategy = make_strategy(args.strategy)
-    replicas = strategy.num_replicas_in_sync
-    if args.batch_size % replicas:
-        raise UsageError(
-            f"--batch_size {args.batch_size} is the global batch and must be a multiple of the "
-            f"{replicas} replicas; use e.g. --batch_size "
-            f"{replicas * max(1, args.batch_size // replicas)}")
+    check_global_batch(args.batch_size, strategy.num_replicas_in_sync, flag="--batch_size")
     keras.utils.set_random_seed(args.seed)
     return strategy
 
@@ -171,8 +166,7 @@ def build_model(config, num_classes, image_shape):
     else:
         model = models.build(args.arch, num_classes, config.method, seed=args.seed,
                              **config.method_options)
-    optimizer, _ = recipe(args.learning_rate, args.momentum, args.decay,
-                          config.schedule, config.step_factors)
+    optimizer = paper_optimizer(args.learning_rate, args.momentum, args.decay)
     model.compile(optimizer=optimizer, jit_compile=bool(args.jit_compile))
     model.optimizer.build(model.trainable_variables)
     return model
