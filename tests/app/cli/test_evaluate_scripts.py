@@ -33,7 +33,7 @@ from patchup_tf.layers import MixingPoint
 from patchup_tf.training import MixingModel
 from tests.helpers.programs import run_main
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 SCRIPTS = os.path.join(REPO, "scripts")
 N_TEST = 100
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
