@@ -74,13 +74,13 @@ def env_variants(texts):
 
 def check_choices(*, methods, precisions, xla, batchnorms, inputs, backends):
     """Raises the Keras-style `ValueError` for the first unknown choice."""
-    from patchup_tf.models.common import BATCHNORMS
+    checks = [("backend", backends, BACKENDS), ("precisions", precisions, PRECISIONS),
+              ("methods", methods, METHODS), ("xla", xla, XLA), ("inputs", inputs, INPUTS)]
+    if methods:  # models.common imports Keras: only where our configs will run
+        from patchup_tf.models.common import BATCHNORMS
 
-    for name, values, allowed in (("backend", backends, BACKENDS),
-                                  ("precisions", precisions, PRECISIONS),
-                                  ("methods", methods, METHODS), ("xla", xla, XLA),
-                                  ("batchnorms", batchnorms, tuple(BATCHNORMS)),
-                                  ("inputs", inputs, INPUTS)):
+        checks.append(("batchnorms", batchnorms, tuple(BATCHNORMS)))
+    for name, values, allowed in checks:
         for value in values:
             check_choice(name, value, allowed)
 

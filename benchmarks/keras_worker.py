@@ -218,8 +218,7 @@ def info(job):
     return {"backend": backend, "tensorflow": tf.__version__,
             "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
             "intra_op_threads": threading.get_intra_op_parallelism_threads(),
-            "inter_op_threads": threading.get_inter_op_parallelism_threads(),
-            "op_determinism": tf.config.experimental.is_op_determinism_enabled()}
+            "inter_op_threads": threading.get_inter_op_parallelism_threads()}
 
 
 def make(config, job):

@@ -303,7 +303,7 @@ def bench_each(groups, job, *, windows, steps, timeout, fresh=False, end=None, l
         worker = None
         for i, c in enumerate(group[2]):
             left = timeout if end is None else min(timeout, end - time.monotonic())
-            if end is not None and left < MIN_CONFIG_S:
+            if end is not None and end - time.monotonic() < MIN_CONFIG_S:
                 log(f"    {config_label(c)}: skipped (time budget)")
                 rows.append({**c, "batch_size": job["batch_size"], "skipped": "time budget"})
                 continue
