@@ -19,25 +19,21 @@ DEFAULT_XLA = {"tensorflow": False, "jax": True, "torch": False}
 """What `--xla default` means per backend, what a user of it gets from
 `compile()`: TensorFlow's `tf.function`, JAX compiled, PyTorch eager."""
 TINY = {"methods": ("vanilla", "soft_patchup"), "precisions": ("float32",), "xla": ("off",),
-        "batchnorms": ("fused",), "batch_size": 8, "steps": 1, "warmup": 1, "windows": 2,
-        "pipeline_batches": 5, "synthetic_images": 512}
-FULL = {"methods": DEFAULT_METHODS, "precisions": ("float32", "mixed_bfloat16"),
-        "xla": ("default", "on"), "batchnorms": ("fused",), "batch_size": 100, "steps": 3,
-        "warmup": 2, "windows": 3, "pipeline_batches": 50, "synthetic_images": 10000}
+        "batch_size": 8, "steps": 1, "warmup": 1, "windows": 2, "pipeline_batches": 5,
+        "synthetic_images": 512}
+"""`--tiny`, the CI smoke run (the full run's settings: `benchmarks.run.DEFAULTS`)."""
 
 
 def make_config(arch="preactresnet18", method="vanilla", precision="float32", xla=False,
                 batchnorm="fused", input="batches", impl=IMPL, variant="", backend="tensorflow"):
-    """One configuration to time (a dict; `variant` names a worker environment,
-    `backend` the Keras backend its worker runs)."""
+    """One configuration to time (`variant`: its worker's environment)."""
     return {"impl": impl, "arch": arch, "method": method, "precision": precision,
             "xla": bool(xla), "batchnorm": batchnorm, "input": input, "variant": variant,
             "backend": backend}
 
 
 def config_label(c):
-    """`impl/arch/method/precision/xla=..[/bn=../in=..][/backend][/variant]`
-    (the backend named unless TensorFlow)."""
+    """`impl/arch/method/precision/xla=..[/bn=../in=..][/backend unless TF][/variant]`."""
     parts = [c.get("impl", IMPL), c.get("arch", "?"), c.get("method", "?"),
              c.get("precision", "?"), "xla=" + ("on" if c.get("xla") else "off")]
     if c.get("impl", IMPL) == IMPL:

@@ -1,13 +1,8 @@
-"""What `--deterministic True` costs per training step, against `False`:
-`python -m benchmarks` with two worker environments, `TF_DETERMINISTIC_OPS=0`
-and `=1` (the worker then calls `enable_op_determinism`, as the trainer
-does), their windows interleaved; the trainer's input stream (`--input
-trainer`), WRN-28-2 hard PatchUp float32, 7 windows x 5 steps. Any flag of
-`python -m benchmarks` given here wins over these; `x var` is the
-deterministic row's img/s over the other's.
-
-    python -m benchmarks.determinism_cost [--archs wrn28_2] [--methods hard_patchup]
-"""
+"""What `--deterministic True` costs per training step: `python -m benchmarks`
+with worker environments `TF_DETERMINISTIC_OPS=0` and `=1` (the worker then
+calls `enable_op_determinism`, as the trainer does), WRN-28-2 hard PatchUp
+on the trainer's stream; flags given here win. `x var`: the second's img/s
+over the first's. `python -m benchmarks.determinism_cost [--archs A ...]`"""
 
 import sys
 

@@ -1,18 +1,15 @@
 """GPU throughput of patchup_tf (and the PyTorch original's step), within a time budget.
 
-Run by `benchmarks/gpu.sh` (see there): `python -m benchmarks` one
-configuration at a time (`run_benchmark`'s `budget`) for PreActResNet18 and
-WRN-28-10, per method (vanilla, soft and hard PatchUp, mixup), in float32
-and mixed_bfloat16, XLA off and on, on the Keras backend `KERAS_BACKEND`
-names (JAX needs no TensorFlow), and the original's float32 step when torch
-is importable and `--torch_original PATH` names a checkout of it. Each
-configuration gets at most `--config_timeout` seconds (worker start, build,
-trace, XLA compile, warm-up, windows): one that fails or runs out of time
-gets an error row, its worker is replaced and the next one starts; what no
-longer fits in the budget (`--budget`) is reported as skipped. Writes
-`gpu_results.json`, `gpu_results.md` (the report) and `gpu_log.txt` to
-`--out`. This process imports neither TensorFlow nor torch itself, so it
-runs (and reports) where one of them is missing.
+Run by `benchmarks/gpu.sh` (see there): `benchmarks.run` one configuration at
+a time within `--budget` seconds, each in at most `--config_timeout` (worker
+start, build, trace, XLA compile, warm-up, windows; one that fails or runs
+out of time gets an error row and a fresh worker; what no longer fits is
+skipped), for PreActResNet18 and WRN-28-10 x {vanilla, soft and hard
+PatchUp, mixup} x {float32, mixed_bfloat16} x XLA {off, on} on the Keras
+backend `KERAS_BACKEND` names (JAX needs no TensorFlow), and the original's
+float32 step when `--torch_original PATH` names a checkout of it and torch is
+importable. Writes `gpu_results.json`, `gpu_results.md` (the report) and
+`gpu_log.txt` to `--out`. This process imports neither TensorFlow nor torch.
 """
 
 import argparse
@@ -32,10 +29,9 @@ def _parser():
     p.add_argument("--out", default=os.environ.get("OUT", "gpu_bench_out"))
     p.add_argument("--archs", nargs="+", default=["preactresnet18", "wrn28_10"])
     p.add_argument("--methods", nargs="+", default=list(METHODS))
-    p.add_argument("--batch_size", type=int, default=100)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--windows", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=3)
+    for flag, default in (("--batch_size", 100), ("--steps", 10), ("--windows", 3),
+                          ("--warmup", 3)):
+        p.add_argument(flag, type=int, default=default)
     p.add_argument("--budget", type=float, default=float(os.environ.get("GPU_BENCH_BUDGET_S", 420)),
                    help="seconds for the whole run; configs that no longer fit are skipped")
     p.add_argument("--config_timeout", type=float, default=100.0,
@@ -43,10 +39,8 @@ def _parser():
     p.add_argument("--impls", nargs="+", default=["tf", "torch"], choices=("tf", "torch"),
                    help="patchup_tf (tf, on the Keras backend KERAS_BACKEND names) and/or the "
                         "PyTorch original (torch)")
-    p.add_argument("--torch_original", default=None, metavar="PATH",
-                   help=f"a checkout of the PyTorch original ({original.ORIGINAL_URL}); "
-                        "without it the original is not timed")
-    p.add_argument("--torch_python", default=None)
+    p.add_argument("--torch_original", metavar="PATH", help="a checkout of the original")
+    p.add_argument("--torch_python")
     return p
 
 

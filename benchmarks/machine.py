@@ -1,6 +1,6 @@
 """The machine and software the numbers come from, and a process's peak
-resident memory (imports nothing but the standard library and
-`patchup_tf.app.precision`'s CPU facts, which import no TensorFlow)."""
+resident memory (standard library only, and `patchup_tf.app.precision`'s
+CPU facts, which import no TensorFlow)."""
 
 import datetime
 import importlib.metadata
@@ -18,7 +18,6 @@ CPU_FLAGS_SHOWN = ("avx2", "fma", "avx_vnni", "avx512f", "avx512_vnni", "avx512_
 ENV_KEYS = ("TF_ENABLE_ONEDNN_OPTS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "TF_XLA_FLAGS",
             "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "ONEDNN_MAX_CPU_ISA",
             "CUDA_VISIBLE_DEVICES", "KERAS_BACKEND", "TF_DETERMINISTIC_OPS")
-PACKAGES = ("tensorflow", "keras", "jax", "torch", "numpy")
 
 
 def _version(name):
@@ -35,37 +34,26 @@ def env_settings():
 
 
 def loadavg():
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def _nvidia_smi():
-    """`name, driver, memory, max SM clock` of each GPU, or None without nvidia-smi."""
-    exe = shutil.which("nvidia-smi")
-    if not exe:
-        return None
-    try:
-        out = subprocess.run([exe, "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
-                              "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
-        return out.stdout.strip() or out.stderr.strip()
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"nvidia-smi failed: {e}"
+    return [round(v, 2) for v in os.getloadavg()]
 
 
 def machine_info():
     """The machine, the library versions and the speed-relevant environment."""
+    smi = shutil.which("nvidia-smi")
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpu_model": cpu_model(),
         "cpu_flags": [f for f in CPU_FLAGS_SHOWN if f in cpu_flags()],
         "cores": cpu_count(),
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "gpus": _nvidia_smi(),
+        # Each GPU's name, driver, memory and max SM clock.
+        "gpus": smi and subprocess.run(
+            [smi, "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
+             "--format=csv,noheader"], capture_output=True, text=True, timeout=30).stdout.strip(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "versions": {name: _version(name) for name in PACKAGES},
+        "versions": {name: _version(name) for name in ("tensorflow", "keras", "jax", "torch",
+                                                       "numpy")},
         "env": env_settings(),
         # TF_ENABLE_ONEDNN_OPTS as TensorFlow will read it here ("unset": TensorFlow's own
         # choice, which is off on a CPU without the flags above).
@@ -78,12 +66,9 @@ def peak_rss_mb():
     """This process's peak resident memory so far (VmHWM, Linux), in MiB, or None."""
     try:
         with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
+            return next(int(line.split()[1]) / 1024.0 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
 
 
 def reset_peak_rss():

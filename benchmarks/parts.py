@@ -1,7 +1,6 @@
-"""Parts of a training step timed alone, in the coordinating process on
+"""Parts of a training step timed alone, in the driver's process on
 TensorFlow: the trainer's input pipeline, and PatchUp's own ops (mask,
-pairing, mix; forward and backward) on PreActResNet18's feature maps at
-positions 1..4."""
+pairing, mix; forward and backward) at PreActResNet18's positions 1..4."""
 
 import itertools
 import statistics
@@ -17,10 +16,8 @@ MODES = ("identity", "soft", "hard")
 
 
 def _stream(kind, batch_size, synthetic_images, seed):
-    """`(dataset, name)` of the trainer's stream for `kind`: `"digits"`
-    (`make_datasets('digits')` then `train_epochs`, exactly as the trainer) or
-    `"synthetic"` (random uint8 CIFAR-size images through the same stream
-    with CIFAR's flip and pad-crop)."""
+    """`(dataset, name)`: the trainer's stream over digits, or over random
+    uint8 CIFAR-size images (`"synthetic"`, with CIFAR's flip and pad-crop)."""
     from patchup_tf.app import data as data_lib
 
     if kind == "digits":
@@ -56,9 +53,8 @@ def bench_pipeline(kind, *, batch_size, batches, windows, synthetic_images=10000
 
 
 def _mix_function(mode, width, batch_size, seed, xla):
-    """`(features, weights, step) -> (loss, gradient)`: `mixing.patchup` (or,
-    mode `"identity"`, nothing: the harness alone, the baseline to subtract)
-    and the gradient of a weighted sum of its output, as a training step does."""
+    """`(features, weights, step) -> (loss, gradient)`: `mixing.patchup` (mode
+    `"identity"`: nothing, the baseline) and the gradient of a weighted sum."""
     import tensorflow as tf
 
     from patchup_tf import mixing

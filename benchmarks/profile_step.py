@@ -32,24 +32,17 @@ def op_stats(logdir):
     table = json.loads(data)
     table = table[0] if isinstance(table, list) else table
     cols = [c["id"] if isinstance(c, dict) else c for c in table["cols"]]
-    rows = []
-    for row in table["rows"]:
-        values = [cell.get("v") if isinstance(cell, dict) else cell for cell in row["c"]]
-        rows.append(dict(zip(cols, values)))
-    return rows
+    return [dict(zip(cols, (c.get("v") if isinstance(c, dict) else c for c in row["c"])))
+            for row in table["rows"]]
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--arch", default="preactresnet18")
-    p.add_argument("--method", default="soft_patchup")
-    p.add_argument("--precision", default="float32")
-    p.add_argument("--batchnorm", default="fused")
+    for flag, default in (("--arch", "preactresnet18"), ("--method", "soft_patchup"),
+                          ("--precision", "float32"), ("--batchnorm", "fused"),
+                          ("--batch_size", 100), ("--steps", 3), ("--top", 20), ("--out", "")):
+        p.add_argument(flag, default=default, type=type(default))
     p.add_argument("--xla", action="store_true")
-    p.add_argument("--batch_size", type=int, default=100)
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--top", type=int, default=20)
-    p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
     process_settings()  # before TensorFlow loads

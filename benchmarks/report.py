@@ -11,17 +11,13 @@ from benchmarks.configs import IMPL, TORCH_IMPL, config_label
 
 GROUP_KEYS = ("impl", "arch", "precision", "xla", "batchnorm", "input", "variant", "backend")
 LEGEND = (
-    "x van: img/s over vanilla's (same impl, arch, precision, XLA, BN, input, variant, same run); "
-    "ovh: vanilla's wall time per step -> this one's. CPU-s/st: process CPU seconds per step; "
-    "CPU ovh: the same overhead in CPU time, robust to other processes' load. util: CPU-s per "
-    "wall-s (= cores busy; below the core count means the run was starved and wall figures are "
-    "noisy). retr: new train_step traces during timing (0 expected; '-' where the step runs "
-    "eagerly: PyTorch, JAX with XLA off). x tf: img/s over the same config's on the TensorFlow "
-    "backend (same run, interleaved; JAX and PyTorch time whole fit calls on NumPy batches). "
-    "x var: img/s over the same config's in the first environment variant. "
-    "x torch: img/s over the PyTorch original's same method in float32 (same run, "
-    "interleaved; its fastest variant); x t CPU: the original's CPU-s per step (its cheapest "
-    "variant) over this one's. GPU MiB: peak GPU memory of the configuration.")
+    "x van: img/s over vanilla's (same impl, arch, precision, XLA, BN, input, variant, backend); "
+    "ovh, CPU ovh: the time per step over vanilla's, wall and process CPU (robust to other "
+    "load). util: CPU-s per wall-s (below the core count: starved, noisy wall figures). retr: "
+    "new train_step traces while timed ('-': eager). x tf: img/s over the same config's on "
+    "TensorFlow; x var: in the first environment variant; x torch: over the PyTorch "
+    "original's same method (its fastest variant); x t CPU: its CPU-s per step (its cheapest "
+    "variant) over this one's. MiB: peak RSS; GPU MiB: peak GPU memory.")
 
 
 def _vanilla_ratios(train):
@@ -98,18 +94,14 @@ def _fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
 
-def _pct(value):
-    return _fmt(None if value is None else 100 * value, "+.1f") + "%"
-
-
 COLUMNS = (  # (header, the cell of a timed row)
     ("img/s", lambda r: _fmt(r.get("img_per_s"), ".1f")),
     ("windows", lambda r: "/".join(f"{v:.0f}" for v in r.get("img_per_s_windows") or [])),
     ("ms/step", lambda r: _fmt(r.get("step_ms"), ".0f")),
     ("x van", lambda r: _fmt(r.get("ratio_to_vanilla"), ".3f")),
-    ("ovh", lambda r: _pct(r.get("overhead_vs_vanilla"))),
+    ("ovh", lambda r: _fmt(r.get("overhead_vs_vanilla"), "+.1%")),
     ("CPU-s/st", lambda r: _fmt(r.get("cpu_s_per_step"), ".2f")),
-    ("CPU ovh", lambda r: _pct(r.get("cpu_overhead_vs_vanilla"))),
+    ("CPU ovh", lambda r: _fmt(r.get("cpu_overhead_vs_vanilla"), "+.1%")),
     ("util", lambda r: _fmt(statistics.median(r["cpu_util_windows"])
                             if r.get("cpu_util_windows") else None, ".2f")),
     ("retr", lambda r: _fmt(r.get("retraces"), "d")),
@@ -152,38 +144,30 @@ def _header(results):
         + (" (fit off TensorFlow)" if set(st.get("backends") or ()) - {"tensorflow"} else "")
         + f", mode={st.get('mode')}",
     ]
-    for w in results.get("workers") or []:
-        extra = f" torch {w['torch']}, {w.get('torch_threads')} threads" if w.get("torch") else ""
-        lines.append(f"worker {w['name']}: env {w.get('env') or '{}'}{extra}"
-                     + (f" ERROR {w['error']}" if w.get("error") else ""))
+    lines += [f"worker {w['name']}: env {w.get('env') or '{}'}" + (
+        f" torch {w['torch']}, {w.get('torch_threads')} threads" if w.get("torch") else "")
+        + (f" ERROR {w['error']}" if w.get("error") else "") for w in results["workers"]]
     if results.get("torch_skipped"):
         lines.append(f"PyTorch original: skipped ({results['torch_skipped']})")
     return [line if line.startswith("#") or not line else line + "  " for line in lines] + [""]
 
 
-def _memory_line(r):
-    if r.get("error"):
-        return f"- {config_label(r)}: ERROR {str(r['error'])[:120]}"
-    ratio = r.get("x_torch_peak_rss")
-    return (f"- {config_label(r)}: {_fmt(r.get('peak_rss_mb'), '.0f')} MiB"
-            + (f", x{ratio:.2f} the original's" if ratio else ""))
-
-
-def _mix_line(r):
-    head = (f"- {r['mode']} {r.get('precision', '')} xla={'on' if r.get('xla') else 'off'} "
-            f"position {r['position']} {r.get('shape', '')}:")
-    if r.get("error"):
-        return f"{head} ERROR {r['error'][:120]}"
-    return f"{head} {r['ms_per_call']:.2f} ms, {r['cpu_ms_per_call']:.2f} CPU-ms"
-
-
-def _pipeline_line(p):
-    if p.get("error"):
-        return f"- {p.get('pipeline', '?')}: ERROR {p['error'][:150]}"
-    return (f"- {p['name']}: {p['img_per_s']:.0f} img/s, "
-            f"x{_fmt(p.get('ratio_to_fastest_model'), '.0f')}, "
-            f"{p['cpu_ms_per_batch']:.1f} CPU-ms/batch, "
-            f"peak {_fmt(p.get('peak_rss_mb'), '.0f')} MiB")
+SECTIONS = (  # (results key, title, an item's label, its figures)
+    ("memory", "Peak RSS, each configuration alone in a fresh process (build, warm-up and "
+     "timed steps)", config_label,
+     lambda r: f"{_fmt(r.get('peak_rss_mb'), '.0f')} MiB" + (
+         f", x{r['x_torch_peak_rss']:.2f} the original's" if r.get("x_torch_peak_rss") else "")),
+    ("mix_ops", "PatchUp's own ops alone (mask + pairing + mix, forward and backward, per "
+     "call; xla: the same compiled by XLA)",
+     lambda r: f"{r['mode']} {r['precision']} xla={'on' if r['xla'] else 'off'} position "
+               f"{r['position']} {r['shape']}",
+     lambda r: f"{r['ms_per_call']:.2f} ms, {r['cpu_ms_per_call']:.2f} CPU-ms"),
+    ("pipeline", "Input pipeline alone, as the trainer builds it (x: over the fastest train "
+     "config's img/s)", lambda r: r.get("name", r["pipeline"]),
+     lambda r: f"{r['img_per_s']:.0f} img/s, x{_fmt(r.get('ratio_to_fastest_model'), '.0f')}, "
+               f"{r['cpu_ms_per_batch']:.1f} CPU-ms/batch, peak "
+               f"{_fmt(r.get('peak_rss_mb'), '.0f')} MiB"),
+)
 
 
 def format_table(results):
@@ -192,18 +176,13 @@ def format_table(results):
     for arch in sorted({r.get("arch") for r in results["train"]} - {None}):
         lines += [f"## {arch}", "", "| " + " | ".join(HEAD) + " |", "|---" * len(HEAD) + "|"]
         lines += [_train_line(r) for r in results["train"] if r.get("arch") == arch] + [""]
-    fastest = results.get("fastest_train_config")
-    for title, rows, line in (
-            ("Peak RSS, each configuration alone in a fresh process (build, warm-up and "
-             "timed steps)", results.get("memory"), _memory_line),
-            ("PatchUp's own ops alone (mask + pairing + mix, forward and backward, per call; "
-             "xla: the same compiled by XLA)", results.get("mix_ops"), _mix_line),
-            ("Input pipeline alone, as the trainer builds it (x = ratio to the fastest train "
-             "config" + (f", {fastest['method']}/{fastest['precision']} "
-                         f"{fastest['img_per_s']:.1f} img/s" if fastest else "") + ")",
-             results.get("pipeline"), _pipeline_line)):
-        lines += [f"## {title}", "", *map(line, rows), ""] if rows else []
-    lines += [LEGEND, "", f"MiB: peak RSS, {results['settings'].get('rss_scope')}. Total wall "
+    for key, title, label, figures in SECTIONS:
+        rows = results.get(key) or []
+        lines += [f"## {title}", ""] * bool(rows) + [
+            f"- {label(r)}: " + (f"ERROR {str(r['error'])[:150]}" if r.get("error")
+                                 else figures(r)) for r in rows] + [""] * bool(rows)
+    scopes = {r["rss_scope"] for r in results["train"] if r.get("rss_scope")}
+    lines += [LEGEND, "", f"MiB: peak RSS, {'; '.join(sorted(scopes))}. Total wall "
                           f"{results.get('wall_s', 0):.0f} s."]
     return "\n".join(lines)
 

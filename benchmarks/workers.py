@@ -1,21 +1,19 @@
 """Worker processes and their pipe protocol, spoken by the patchup_tf worker
 (`benchmarks.keras_worker`) and the PyTorch original's (`benchmarks.torch_original`).
 
-A worker holds the configurations of one group. One JSON object per line:
-the coordinator writes the job (`configs`, `batch_size`, `warmup`, `timer`,
-...) on the worker's stdin and the worker answers `{"info": {...}}` (its
-versions and environment). Then each `{"cmd": "build", "config": i}` builds
-and warms config `i` up (`{"ok", "build_s", "warmup_s"}` or `{"ok": false,
-"error"}`); each `{"cmd": "window", "config": i, "steps": n}` times a window
-(`{"img_per_s", "wall_s", "cpu_s", "peak_rss_mb"}`, seconds per step); `{"cmd":
-"result", "config": i}` answers `{"result": row}` and frees the config; `{"cmd":
-"finish"}` ends the worker. The worker writes the protocol on a copy of its
-original stdout and sends everything else printed to fd 1 to stderr, so
-library output cannot break a line.
-
-Adding a kind of worker is a command plus a `make(config, job)` for `serve`.
+One JSON object per line. The coordinator writes the job (`configs`,
+`batch_size`, `warmup`, `timer`, `synthetic_images`) on the worker's stdin;
+the worker answers `{"info": {...}}` (versions, environment). Then `{"cmd":
+"build", "config": i}` builds and warms config `i` up (`{"ok", "build_s",
+"warmup_s"}` or `{"ok": false, "error"}`), `{"cmd": "window", "config": i,
+"steps": n}` times a window (`{"img_per_s", "wall_s", "cpu_s"}` per step),
+`{"cmd": "result", "config": i}` answers `{"result": row}` and frees it, and
+`{"cmd": "finish"}` ends the worker. The worker writes the protocol on a copy
+of its stdout and sends the rest of fd 1 to stderr, so library output cannot
+break a line. Another kind of worker is a command and a `make` for `serve`.
 """
 
+import contextlib
 import gc
 import json
 import os
@@ -26,72 +24,54 @@ import sys
 import tempfile
 import time
 
-from benchmarks.configs import config_label
+from benchmarks.configs import config_label, error_text
 from benchmarks.machine import env_settings, peak_rss_mb, reset_peak_rss
 from patchup_tf.app.cli import process_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-# ------------------------------------------------------------ worker side
 def _send(stream, obj):
     stream.write(json.dumps(obj) + "\n")
     stream.flush()
 
 
-class Timed:
-    """A bench (`time(steps) -> Timing`, `result()`, `close()`, `batch_size`,
-    `build_s`, `warmup_s`) and the peak RSS of its windows, each window
-    starting from a reset peak."""
-
-    def __init__(self, bench):
-        self.bench, self.peak_rss = bench, None
-
-    def window(self, steps):
-        reset_peak_rss()
-        timing = self.bench.time(steps)
-        peak = peak_rss_mb()
-        self.peak_rss = max(filter(None, (self.peak_rss, peak)), default=None)
-        return {"img_per_s": self.bench.batch_size / timing.wall_s, "wall_s": timing.wall_s,
-                "cpu_s": timing.cpu_s, "peak_rss_mb": peak}
-
-    def result(self):
-        row = {**self.bench.result(), "peak_rss_mb": self.peak_rss}
-        self.bench.close()
-        gc.collect()
-        return {"result": row}
-
-
 def serve(make, info):
     """A worker's loop. `info(job)` runs first (thread settings, versions) and
-    returns what the first answer reports; `make(config, job)` returns
-    `(bench, None)` or `(None, error_text)`."""
+    returns what the first answer reports; `make(config, job)` builds a bench
+    (`time(steps) -> Timing`, `result()`, `close()`, `build_s`, `warmup_s`)."""
     reader, writer = sys.stdin, os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     job = json.loads(reader.readline())
     _send(writer, {"info": {**info(job), "env": env_settings()}})
-    timed = {}
+    benches, peaks = {}, {}
     for line in reader:
         cmd = json.loads(line)
         i = cmd.get("config")
         if cmd["cmd"] == "build":
-            bench, error = make(job["configs"][i], job)
-            if bench is not None:
-                timed[i] = Timed(bench)
-            answer = ({"ok": False, "error": error} if error else
-                      {"ok": True, "build_s": round(bench.build_s, 2),
-                       "warmup_s": round(bench.warmup_s, 2)})
-        elif cmd["cmd"] == "window":
-            answer = timed[i].window(cmd["steps"])
+            try:
+                benches[i] = make(job["configs"][i], job)
+                answer = {"ok": True, "build_s": round(benches[i].build_s, 2),
+                          "warmup_s": round(benches[i].warmup_s, 2)}
+            except Exception as e:  # noqa: BLE001 - one config failing must not stop the others
+                answer = {"ok": False, "error": error_text(e)}
+        elif cmd["cmd"] == "window":  # from a reset peak: the highest RSS while timing
+            reset_peak_rss()
+            timing = benches[i].time(cmd["steps"])
+            peaks[i] = max(peaks.get(i) or 0, peak_rss_mb() or 0) or None
+            answer = {"img_per_s": job["batch_size"] / timing.wall_s, "wall_s": timing.wall_s,
+                      "cpu_s": timing.cpu_s}
         elif cmd["cmd"] == "result":
-            answer = timed.pop(i).result()
+            bench = benches.pop(i)
+            answer = {"result": {**bench.result(), "peak_rss_mb": peaks.get(i)}}
+            bench.close()
+            gc.collect()
         else:
             break
         _send(writer, answer)
     return 0
 
 
-# ------------------------------------------------------- coordinator side
 class WorkerError(RuntimeError):
     pass
 
@@ -108,48 +88,47 @@ class Worker:
         child_env = process_settings({**os.environ, "PYTHONUNBUFFERED": "1",
                                       "PYTHONPATH": ROOT + (os.pathsep + path if path else ""),
                                       **(env or {})})
-        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.stderr, env=child_env, text=True, bufsize=1)
-        _send(self.proc.stdin, job)
+        try:
+            self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=self.stderr, env=child_env, text=True, bufsize=1)
+            _send(self.proc.stdin, job)
+        except OSError as e:  # reported by `ready`
+            self.proc = e
 
     def ready(self, timeout):
-        """The first answer (`{"info": ...}`)."""
+        """The next answer (first `{"info": ...}`)."""
+        if isinstance(self.proc, Exception):
+            raise self.proc
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         if not ready:
             self.kill()
             raise WorkerError(f"{self.name}: no answer within {timeout:.0f} s")
         line = self.proc.stdout.readline()
         if not line:
-            error = self.last_error()
+            self.stderr.seek(0)
+            lines = [line.strip() for line in self.stderr.read().splitlines() if line.strip()]
+            error = ([line for line in lines if "rror" in line] or lines or [""])[-1][:400]
             self.kill()
             raise WorkerError(f"{self.name} exited ({self.proc.returncode}): {error}")
         return json.loads(line)
 
     def ask(self, cmd, timeout, **fields):
         """Sends `{"cmd": cmd, **fields}`; the answer."""
-        try:
+        with contextlib.suppress(OSError):  # it exited: `ready` reports how
             _send(self.proc.stdin, {"cmd": cmd, **fields})
-        except OSError:
-            pass  # it exited: `ready` reports how
         return self.ready(timeout)
-
-    def last_error(self):
-        self.stderr.seek(0)
-        lines = [line.strip() for line in self.stderr.read().splitlines() if line.strip()]
-        telling = [line for line in lines if "Error" in line or "error" in line]
-        return (telling or lines or [""])[-1][:400]
 
     def close(self):
         """Ends the worker; its peak RSS over its whole life (wait4's ru_maxrss), MiB."""
-        try:
+        with contextlib.suppress(OSError, ValueError):
             _send(self.proc.stdin, {"cmd": "finish"})
-        except OSError:
-            pass
         return self.kill(grace=30.0)
 
     def kill(self, grace=0.0):
         """Reaps the worker, killed unless it exits within `grace` s, with wait4
         (its own rusage: ru_maxrss = its VmHWM); that peak in MiB."""
+        if isinstance(self.proc, Exception):
+            return None
         end, killed = time.monotonic() + grace, False
         while self.usage is None:
             try:
@@ -164,16 +143,14 @@ class Worker:
                 self.proc.kill()
                 killed = True
         for stream in (self.proc.stdin, self.proc.stdout, self.stderr):
-            try:
+            with contextlib.suppress(OSError):
                 stream.close()
-            except OSError:
-                pass
-        return None if self.usage is None else self.usage.ru_maxrss / 1024.0
+        return self.usage.ru_maxrss / 1024.0 if self.usage else None
 
-# ------------------------------------------------------ the coordinator's runs
 ERRORS = (WorkerError, OSError, ValueError, KeyError)
 MIN_CONFIG_S = 25.0
 """Under a time budget, a configuration starts only with this much of it left."""
+RSS_SCOPE = "per worker process, VmHWM reset before each window (with its other configs)"
 
 
 def window_stats(answers, batch_size):
@@ -216,42 +193,28 @@ def _result(worker, i, answers, timeout, job):
 
 
 def _spawn(group, job):
-    """`group`'s worker process, or the error that kept it from starting."""
     command, env, configs, name = group
-    try:
-        return Worker(command, {**job, "configs": configs}, env=env, name=name)
-    except OSError as e:
-        return e
+    return Worker(command, {**job, "configs": configs}, env=env, name=name)
 
 
 def _start(group, job, timeout, info, worker=None):
     """`group`'s worker (spawned unless given), answered; its facts in `info`."""
-    _, env, _, name = group
+    worker = worker or _spawn(group, job)
     try:
-        worker = worker or _spawn(group, job)
-        if isinstance(worker, Exception):
-            raise worker
-        info.append({"name": name, "env": env or {}, **worker.ready(timeout)["info"]})
+        info.append({"name": group[3], "env": group[1], **worker.ready(timeout)["info"]})
         return worker
     except ERRORS as e:
-        if isinstance(worker, Worker):
-            worker.kill()
-        info.append({"name": name, "env": env or {}, "error": str(e)})
+        worker.kill()
+        info.append({"name": group[3], "env": group[1], "error": str(e)})
         raise
 
 
 def bench_workers(groups, job, *, windows, steps, timeout, log=print):
-    """Times configs held by worker processes, their windows interleaved: only
-    one process computes at a time and the order rotates each window, so a
-    change of background load hits every config alike.
-
-    Args:
-        groups: list of `(command, env, configs, name)`: one worker each,
-            all started at once (their imports overlap), built one by one.
-
-    Returns:
-        `(rows, workers_info)`: one row per config, in the groups' order.
-    """
+    """Times the configs of `groups` (`(command, env, configs, name)`, one
+    worker each, all started at once so their imports overlap, built one by
+    one), their windows interleaved: one process computes at a time and the
+    order rotates each window, so a change of background load hits every
+    config alike. Returns `(rows, workers_info)`, rows in the groups' order."""
     rows, info, slots, workers = {}, [], [], []
     started = [_spawn(g, job) for g in groups]
     for group, worker in zip(groups, started):
@@ -283,9 +246,7 @@ def bench_workers(groups, job, *, windows, steps, timeout, log=print):
             rows[id(c)] = _error(c, str(e), job)
     peaks = {id(worker): worker.close() for worker in workers}
     for worker, _, c, _ in slots:
-        rows[id(c)].update(process_peak_rss_mb=peaks[id(worker)], rss_scope=(
-            "worker process, VmHWM reset before each window (includes the worker's other "
-            "configs)"))
+        rows[id(c)].update(process_peak_rss_mb=peaks[id(worker)], rss_scope=RSS_SCOPE)
     return [rows[id(c)] for g in groups for c in g[2]], info
 
 
@@ -324,6 +285,7 @@ def bench_each(groups, job, *, windows, steps, timeout, fresh=False, end=None, l
                 if worker is not None:
                     worker.kill()
                 worker = None  # a fresh one for the next config
+            row["rss_scope"] = RSS_SCOPE
             if fresh and worker is not None:
                 row.update(peak_rss_mb=worker.close(),
                            rss_scope="subprocess (wait4 ru_maxrss: the child's whole-life VmHWM)")
