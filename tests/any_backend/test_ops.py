@@ -103,6 +103,75 @@ def test_patchup_exact(mode, per_sample):
     np.testing.assert_allclose(npy(r.y_mix), u_y * y + (1 - u_y) * y_b, rtol=1e-6, atol=1e-7)
 
 
+def input_gradient(fn, x, g):
+    """`d sum(fn(x) * g) / dx` at `x`, on the running backend."""
+    import keras
+
+    name = keras.backend.backend()
+    if name == "jax":
+        import jax
+
+        return np.asarray(jax.grad(lambda v: (fn(v) * g).sum())(x))
+    if name == "torch":
+        import torch
+
+        v = torch.tensor(x, requires_grad=True)
+        (fn(v) * torch.tensor(g)).sum().backward()
+        return v.grad.numpy()
+    import tensorflow as tf
+
+    v = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(v)
+        loss = tf.reduce_sum(fn(v) * g)
+    return tape.gradient(loss, v).numpy()
+
+
+def _expected_gradient(g, perm, keep, pasted):
+    """`dx_i = g_i keep_i + sum_{j: perm_j = i} g_j pasted_j`, by scatter-add."""
+    dx = g * keep
+    np.add.at(dx, perm, g * pasted)
+    return dx
+
+
+@pytest.mark.parametrize("op", ["soft", "hard", "soft_per_sample", "mixup", "cutmix",
+                                "cutmix_per_image"])
+def test_feature_gradients_exact(op):
+    """The gradient through each op's mixed features (a permuted gather with
+    its own backward): each image gets its kept share of its own upstream and,
+    scattered back through `perm`, the pasted share of its partner's."""
+    n, h, w, c = 5, 8, 6, 3
+    rng = np.random.default_rng(0)
+    x = ref.distinct_batch(n, h, w, c)
+    g = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    y = ref.one_hot(np.arange(n) % 3, 3)
+    perm = np.array([1, 2, 0, 4, 3], np.int32)  # a 3-cycle: not its own inverse
+    lam = np.linspace(0.2, 0.8, n).astype(np.float32) if op.endswith("per_sample") or \
+        op.endswith("per_image") else np.float32(0.3)
+    if op in ("soft", "hard", "soft_per_sample"):
+        per_sample = op == "soft_per_sample"
+        mode = "hard" if op == "hard" else "soft"
+        fn = lambda v: mixing.patchup(v, y, mode=mode, gamma=0.6, block_size=3, lam=lam,  # noqa: E731
+                                      perm=perm, seed=21, per_sample=per_sample).features
+        holes = npy(mixing.patchup(x, y, mode=mode, gamma=0.6, block_size=3, lam=lam, perm=perm,
+                                   seed=21, per_sample=per_sample).holes)
+        weight = np.float32(0) if mode == "hard" else lam.reshape(-1, 1, 1, 1) if per_sample else lam
+    elif op == "mixup":
+        fn = lambda v: mixing.mixup(v, y, lam=lam, perm=perm).features  # noqa: E731
+        holes, weight = np.ones((h, w, c), np.float32), lam
+    else:
+        fn = lambda v: mixing.cutmix(v, y, lam=lam, perm=perm, seed=5).features  # noqa: E731
+        mixed = npy(fn(x))
+        holes = (mixed != x).astype(np.float32)  # distinct pixels: moved exactly where pasted
+        weight = np.float32(0)
+    assert 0.0 < holes.mean() <= 1.0
+    keep = np.where(holes > 0, weight, np.float32(1)).astype(np.float32)
+    pasted = np.where(holes > 0, 1 - weight, np.float32(0)).astype(np.float32)
+    keep, pasted = (np.broadcast_to(a, x.shape) for a in (keep, pasted))
+    np.testing.assert_allclose(input_gradient(fn, x, g),
+                               _expected_gradient(g, perm, keep, pasted), rtol=1e-6, atol=1e-6)
+
+
 def test_mixup_exact():
     x, y, perm = ref.distinct_batch(4, 6, 5, 2), ref.one_hot([0, 1, 2, 1], 3), ref.derangement(4)
     r = mixing.mixup(x, y, lam=np.float32(0.35), perm=perm)

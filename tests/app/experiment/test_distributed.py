@@ -12,8 +12,9 @@ import sys
 
 import pytest
 
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "helpers",
-                      "distributed_run.py")
+from tests.helpers import HELPERS
+
+SCRIPT = os.path.join(HELPERS, "distributed_run.py")
 
 
 @pytest.fixture(scope="module")

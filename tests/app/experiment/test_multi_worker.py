@@ -23,8 +23,7 @@ import pytest
 
 from patchup_tf.app.experiment import run as experiment
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-HELPERS = os.path.join(ROOT, "tests", "helpers")
+from tests.helpers import HELPERS, REPO as ROOT
 RUN_EXPERIMENT = os.path.join(HELPERS, "run_experiment.py")
 # Seconds per launch (two TF processes share 2 possibly loaded cores).
 TIMEOUT = int(os.environ.get("PATCHUP_MULTI_WORKER_TIMEOUT", "420"))
