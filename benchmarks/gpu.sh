@@ -7,17 +7,18 @@
 #
 #     OUT=/tmp/gpu_bench bash benchmarks/gpu.sh
 #
-# Writes $OUT/gpu_results.json, $OUT/gpu_results.md (the table) and
-# $OUT/gpu_log.txt. Measures img/s of the training step (batch 100) for
-# PreActResNet18 and WRN-28-10 x {vanilla, soft PatchUp, hard PatchUp,
-# mixup} x {float32, mixed_bfloat16, mixed_bfloat16 + XLA, float32 + XLA},
-# and the original's float32 PreActResNet18 step on the same GPU when torch
-# is importable and `--torch_original PATH` names a checkout of it
-# (git clone https://github.com/chandar-lab/PatchUp PATH). Groups run one after the other in their own processes,
-# one configuration at a time, each with a time limit (--config_timeout,
-# 100 s); one that fails is reported and the rest go on; what no longer fits
-# in the budget (GPU_BENCH_BUDGET_S, default 420 s) is reported as skipped. Extra arguments go to
-# `python -m benchmarks.gpu_bench` (e.g. --steps 20 --budget 300 --archs preactresnet18).
+# Writes $OUT/gpu_results.json, $OUT/gpu_results.md (the report) and
+# $OUT/gpu_log.txt (the log). Measures img/s of the training step (batch 100) for
+# PreActResNet18 and WRN-28-10 x {vanilla, soft PatchUp, hard PatchUp, mixup} x
+# {float32, mixed_bfloat16} x XLA {off, on} on the Keras backend KERAS_BACKEND names
+# (KERAS_BACKEND=jax needs no TensorFlow), and the original's float32 step on the
+# same GPU when torch is importable and `--torch_original PATH` names a checkout of
+# it (git clone https://github.com/chandar-lab/PatchUp PATH); `--impls torch` times
+# the original alone. One configuration at a time, each in its worker process with
+# a time limit (--timeout, 100 s); one that fails is reported and the rest go on;
+# what no longer fits in the budget (GPU_BENCH_BUDGET_S, default 420 s) is reported
+# as skipped. Extra arguments go to `python -m benchmarks.gpu_bench`, which takes
+# those of `python -m benchmarks` (e.g. --steps 20 --budget 300 --archs preactresnet18).
 set -u
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$ROOT/gpu_bench_out}"
@@ -36,7 +37,8 @@ cd "$ROOT" || exit 1
 # A hard stop a little past the budget, whatever happens inside.
 BUDGET="${GPU_BENCH_BUDGET_S:-420}"
 timeout --kill-after=10 "$((BUDGET + 40))" \
-  "$PYTHON" -m benchmarks.gpu_bench --out "$OUT" --budget "$BUDGET" "$@"
+  "$PYTHON" -m benchmarks.gpu_bench --out "$OUT" --budget "$BUDGET" "$@" \
+  2> >(tee "$OUT/gpu_log.txt" >&2)
 status=$?
 if [ "$status" -ne 0 ]; then
   echo "benchmarks.gpu_bench exited with $status; partial results (if any) are in $OUT" >&2

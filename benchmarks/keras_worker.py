@@ -6,6 +6,7 @@ runs it (`patchup_tf.app.steptimer.KerasSteps`), fed pre-made in-memory
 batches (`input="batches"`; NumPy off TensorFlow, which is then never
 imported) or the trainer's own stream (`"trainer"`, end to end)."""
 
+import itertools
 import os
 import sys
 import time
@@ -13,16 +14,14 @@ import time
 from benchmarks.configs import config_label
 
 
-def numpy_batches(batch_size, num_classes=10, distinct=2, seed=0):
-    """An endless generator of `distinct` pre-made normalised NumPy batches."""
+def _batches(batch_size, num_classes, seed, distinct=2):
+    """`distinct` pre-made normalised batches: `(images, one-hot targets)`, NumPy."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    images = rng.standard_normal((distinct, batch_size, 32, 32, 3)).astype(np.float32)
-    targets = np.eye(num_classes, dtype=np.float32)[
-        rng.integers(0, num_classes, size=(distinct, batch_size))]
-    while True:
-        yield from zip(images, targets)
+    return (rng.standard_normal((distinct, batch_size, 32, 32, 3)).astype(np.float32),
+            np.eye(num_classes, dtype=np.float32)[rng.integers(0, num_classes,
+                                                               size=(distinct, batch_size))])
 
 
 def trainer_stream(n, num_classes, *, batch_size, seed=0):
@@ -34,15 +33,14 @@ def trainer_stream(n, num_classes, *, batch_size, seed=0):
 
     from patchup_tf.app import data as data_lib
 
-    rng = np.random.default_rng(seed)
-    mean, std = data_lib.MEAN_STD["cifar10"]
+    rng, (mean, std) = np.random.default_rng(seed), data_lib.MEAN_STD["cifar10"]
     spec = data_lib.TrainSpec(
         x=rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8),
         y=rng.integers(0, num_classes, size=n).astype(np.int64), num_classes=num_classes,
         mean=tuple(mean), std=tuple(std), batch_size=batch_size, seed=seed, augment=True,
         flip=True, pad=2)
-    return data_lib.train_epochs(types.SimpleNamespace(train_spec=spec), first_epoch=0), \
-        "train_epochs"
+    return (data_lib.train_epochs(types.SimpleNamespace(train_spec=spec), first_epoch=0),
+            "train_epochs")
 
 
 def _model(config, num_classes, seed):
@@ -74,18 +72,17 @@ def _model(config, num_classes, seed):
 
 
 def _dataset(config, batch_size, num_classes, seed, synthetic_images):
-    if config["backend"] != "tensorflow":
-        return numpy_batches(batch_size, num_classes, seed=seed), "in-memory NumPy batches"
-    if config["input"] == "trainer":
+    """`(what feeds fit, its name)`: an endless stream of in-memory batches or
+    (`input="trainer"`) the trainer's own."""
+    if config["input"] == "trainer" and config["backend"] == "tensorflow":
         return trainer_stream(max(int(synthetic_images), batch_size), num_classes,
                               batch_size=batch_size, seed=seed)
-    import numpy as np
+    images, targets = _batches(batch_size, num_classes, seed)
+    if config["backend"] != "tensorflow":
+        return (b for b in itertools.cycle(zip(images, targets))), "in-memory NumPy batches"
     import tensorflow as tf
 
-    batches = numpy_batches(batch_size, num_classes, seed=seed)
-    x, y = zip(next(batches), next(batches))
-    return (tf.data.Dataset.from_tensor_slices((np.stack(x), np.stack(y))).repeat(),
-            "in-memory batches")
+    return tf.data.Dataset.from_tensor_slices((images, targets)).repeat(), "in-memory batches"
 
 
 def tf_gpu_peak_mb():
@@ -100,7 +97,7 @@ def tf_gpu_peak_mb():
 
 
 class TrainBench:
-    """One configuration: a built, compiled, warmed-up model (`time(steps)`)."""
+    """One configuration: a built, compiled, warmed-up model to time."""
 
     def __init__(self, config, batch_size, warmup, timer="function", num_classes=10, seed=0,
                  synthetic_images=10000):
@@ -129,7 +126,6 @@ class TrainBench:
         return self.steps.time(steps)
 
     def result(self):
-        """The configuration's facts besides its timings."""
         # Eager (not TensorFlow, not compiled): train_step runs every step.
         traces = self.model._bench_traces if self.tf or self.model.jit_compile else None
         return {**self.config, "timer": self.timer, "input_name": self.input_name,

@@ -30,16 +30,14 @@ def _stream(kind, batch_size, synthetic_images, seed):
 
 
 def bench_pipeline(kind, *, batch_size, batches, windows, synthetic_images=10000, seed=0):
-    """Throughput of the trainer's training input pipeline alone, `batches`
-    batches per window (median img/s and CPU-ms per batch)."""
+    """The trainer's input pipeline alone, `batches` batches per window."""
     from patchup_tf.app.steptimer import time_steps
 
     reset_peak_rss()
     start = time.perf_counter()
     try:
         dataset, name = _stream(kind, batch_size, synthetic_images, seed)
-        setup_s = time.perf_counter() - start
-        iterator = iter(dataset)
+        setup_s, iterator = time.perf_counter() - start, iter(dataset)
         for _ in range(min(batches, 5)):  # warm-up: first shuffle, map tracing
             next(iterator)
         timings = [time_steps(lambda: next(iterator), batches) for _ in range(windows)]
@@ -82,9 +80,8 @@ def _time_op(mode, position, *, batch_size, precision, xla, windows, calls, seed
 
     width, channels = SHAPES[position]
     dtype = tf.bfloat16 if precision == "mixed_bfloat16" else tf.float32
-    shape = [batch_size, width, width, channels]
-    features = tf.cast(tf.random.stateless_normal(shape, [seed, position]), dtype)
-    weights = tf.cast(tf.random.stateless_normal(shape, [seed, 9]), dtype)
+    features, weights = (tf.cast(tf.random.stateless_normal(
+        [batch_size, width, width, channels], [seed, k]), dtype) for k in (position, 9))
     mix = _mix_function(mode, width, batch_size, seed, xla)
     counter = itertools.count()
     mix(features, weights, tf.constant(next(counter)))
@@ -100,13 +97,11 @@ def bench_mix_ops(*, batch_size=100, precision="float32", windows=5, calls=10, s
     and `cpu_ms_per_call`; XLA shows what fusing its element-wise ops saves."""
     rows = []
     for mode, position, xla in itertools.product(MODES, positions, (False, True)):
-        width, channels = SHAPES[position]
-        row = {"mode": mode, "position": position, "precision": precision, "xla": xla,
-               "shape": [batch_size, width, width, channels]}
+        rows.append({"mode": mode, "position": position, "precision": precision, "xla": xla,
+                     "shape": [batch_size, SHAPES[position][0], *SHAPES[position]]})
         try:
-            row.update(_time_op(mode, position, batch_size=batch_size, precision=precision,
-                                xla=xla, windows=windows, calls=calls, seed=seed))
-        except Exception as e:  # noqa: BLE001
-            row["error"] = error_text(e)
-        rows.append(row)
+            rows[-1].update(_time_op(mode, position, batch_size=batch_size, precision=precision,
+                                     xla=xla, windows=windows, calls=calls, seed=seed))
+        except Exception as e:  # noqa: BLE001 - reported in its row
+            rows[-1]["error"] = error_text(e)
     return rows

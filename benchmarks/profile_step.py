@@ -3,10 +3,10 @@
     python -m benchmarks.profile_step --method soft_patchup --precision float32 \
         --batchnorm fused --steps 3 --out /tmp/profile.json
 
-Builds the model as the benchmark does (`benchmarks.keras_worker.TrainBench`),
-warms it up, records `--steps` steps with `tf.profiler`, and prints the
-host self time per op type (share of the total), from the profiler's
-`framework_op_stats` tool. The JSON holds every op type's figures.
+Builds and warms up the model as the benchmark does
+(`benchmarks.keras_worker.TrainBench`), records `--steps` steps with
+`tf.profiler` and prints the host self time per op type (share of the
+total) from the profiler's `framework_op_stats` tool; the JSON holds every op.
 """
 
 import argparse
@@ -21,14 +21,13 @@ from patchup_tf.app.cli import process_settings
 
 
 def op_stats(logdir):
+    """The profile's `framework_op_stats` table: one dict per op."""
     from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
 
     paths = glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb"))
-    if not paths:
-        raise RuntimeError(f"no profile written under {logdir}")
-    data, ok = plugin.xspace_to_tools_data(paths, "framework_op_stats", {})
+    data, ok = plugin.xspace_to_tools_data(paths, "framework_op_stats", {}) if paths else ("", 0)
     if not ok:
-        raise RuntimeError("the profiler could not convert its trace")
+        raise RuntimeError(f"no profile the profiler could read under {logdir}")
     table = json.loads(data)
     table = table[0] if isinstance(table, list) else table
     cols = [c["id"] if isinstance(c, dict) else c for c in table["cols"]]
@@ -44,7 +43,6 @@ def main(argv=None):
         p.add_argument(flag, default=default, type=type(default))
     p.add_argument("--xla", action="store_true")
     args = p.parse_args(argv)
-
     process_settings()  # before TensorFlow loads
     import tensorflow as tf
 
@@ -58,22 +56,21 @@ def main(argv=None):
     tf.profiler.experimental.start(logdir)
     timing = bench.time(args.steps)
     tf.profiler.experimental.stop()
-    rows = op_stats(logdir)
-    by_type = collections.defaultdict(float)
+    rows, by_type = op_stats(logdir), collections.Counter()
     for r in rows:
         if r.get("host_or_device", "Host") in ("Host", "Device", None) and r.get("type"):
             by_type[r["type"]] += float(r.get("total_self_time") or 0.0)
     total = sum(by_type.values()) or 1.0
-    ranked = sorted(by_type.items(), key=lambda kv: -kv[1])
     print(f"{args.arch} {args.method} {args.precision} bn={args.batchnorm} xla={args.xla} "
           f"batch {args.batch_size}: {args.batch_size / timing.wall_s:.1f} img/s, "
           f"{timing.cpu_s:.2f} CPU-s/step; op self time over {args.steps} steps "
           f"{total / 1e6:.2f} s")
-    for name, us in ranked[:args.top]:
+    for name, us in by_type.most_common(args.top):
         print(f"  {name:<40}{us / 1e3 / args.steps:>10.1f} ms/step {100 * us / total:>6.1f}%")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"config": config, "by_type_us": dict(ranked), "ops": rows}, f, indent=1)
+            json.dump({"config": config, "by_type_us": dict(by_type.most_common()), "ops": rows},
+                      f, indent=1)
     return 0
 
 

@@ -94,26 +94,23 @@ def _fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
 
-COLUMNS = (  # (header, the cell of a timed row)
-    ("img/s", lambda r: _fmt(r.get("img_per_s"), ".1f")),
-    ("windows", lambda r: "/".join(f"{v:.0f}" for v in r.get("img_per_s_windows") or [])),
-    ("ms/step", lambda r: _fmt(r.get("step_ms"), ".0f")),
-    ("x van", lambda r: _fmt(r.get("ratio_to_vanilla"), ".3f")),
-    ("ovh", lambda r: _fmt(r.get("overhead_vs_vanilla"), "+.1%")),
-    ("CPU-s/st", lambda r: _fmt(r.get("cpu_s_per_step"), ".2f")),
-    ("CPU ovh", lambda r: _fmt(r.get("cpu_overhead_vs_vanilla"), "+.1%")),
-    ("util", lambda r: _fmt(statistics.median(r["cpu_util_windows"])
-                            if r.get("cpu_util_windows") else None, ".2f")),
-    ("retr", lambda r: _fmt(r.get("retraces"), "d")),
-    ("MiB", lambda r: _fmt(r.get("peak_rss_mb"), ".0f")),
-    ("x tf", lambda r: _fmt(r.get("x_tf_img_per_s"), ".2f")),
-    ("x var", lambda r: _fmt(r.get("x_variant_img_per_s"), ".2f")),
-    ("x torch", lambda r: _fmt(r.get("x_torch_img_per_s"), ".2f")),
-    ("x t CPU", lambda r: _fmt(r.get("x_torch_cpu"), ".2f")),
-    ("GPU MiB", lambda r: _fmt(r.get("gpu_peak_mb"), ".0f")),
-)
+COLUMNS = (  # (header, a timed row's key, its format; "/": each window's, "median")
+    ("img/s", "img_per_s", ".1f"), ("windows", "img_per_s_windows", "/"),
+    ("ms/step", "step_ms", ".0f"), ("x van", "ratio_to_vanilla", ".3f"),
+    ("ovh", "overhead_vs_vanilla", "+.1%"), ("CPU-s/st", "cpu_s_per_step", ".2f"),
+    ("CPU ovh", "cpu_overhead_vs_vanilla", "+.1%"), ("util", "cpu_util_windows", "median"),
+    ("retr", "retraces", "d"), ("MiB", "peak_rss_mb", ".0f"), ("x tf", "x_tf_img_per_s", ".2f"),
+    ("x var", "x_variant_img_per_s", ".2f"), ("x torch", "x_torch_img_per_s", ".2f"),
+    ("x t CPU", "x_torch_cpu", ".2f"), ("GPU MiB", "gpu_peak_mb", ".0f"))
 HEAD = ("impl", "backend", "method", "precision", "xla", "bn", "input",
-        *(h for h, _ in COLUMNS), "variant / note")
+        *(h for h, _, _ in COLUMNS), "variant / note")
+
+
+def _cell(value, spec):
+    if spec == "/":
+        return "/".join(f"{v:.0f}" for v in value or [])
+    return _fmt(statistics.median(value) if spec == "median" and value else value,
+                ".2f" if spec == "median" else spec)
 
 
 def _train_line(r):
@@ -124,32 +121,29 @@ def _train_line(r):
              "-" if theirs else r.get("batchnorm", "-"), "-" if theirs else r.get("input", "-")]
     note = (f"ERROR {str(r['error'])[:150]}" if r.get("error") else
             f"SKIPPED {r['skipped']}" if r.get("skipped") else r.get("variant") or "")
-    timed = [cell(r) for _, cell in COLUMNS] if not note.startswith(("ERROR", "SKIPPED")) \
-        else [""] * len(COLUMNS)
+    timed = [_cell(r.get(key), spec) for _, key, spec in COLUMNS]
+    timed = [""] * len(COLUMNS) if note.startswith(("ERROR", "SKIPPED")) else timed
     return "| " + " | ".join(map(str, cells + timed + [note.replace("|", "/")])) + " |"
 
 
 def _header(results):
     m, st = results["machine"], results["settings"]
     versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items() if v)
-    lines = [
-        f"# PatchUp-TF benchmark  {m['date']}", "",
+    fit = " (fit off TensorFlow)" if set(st.get("backends") or ()) - {"tensorflow"} else ""
+    return [f"# PatchUp-TF benchmark  {m['date']}", "", *(line + "  " for line in (
         f"machine: {m['cpu_model']} ({', '.join(m['cpu_flags'])}), {m['cores']} cores, "
         f"{m.get('memory_gb')} GiB, GPU: {m.get('gpus') or 'none'}",
         f"software: Python {m['python']}, {versions}; env {m.get('env') or '{}'}",
         f"load average (1/5/15 min) at start {m.get('loadavg_start')}, at end "
         f"{results.get('loadavg_end')}",
         f"settings: batch {st['batch_size']}, {st['steps']} step(s) x {st['windows']} windows "
-        f"(median), warm-up {st['warmup']} fit step(s) + 1 call, timer={st['timer']}"
-        + (" (fit off TensorFlow)" if set(st.get("backends") or ()) - {"tensorflow"} else "")
-        + f", mode={st.get('mode')}",
-    ]
-    lines += [f"worker {w['name']}: env {w.get('env') or '{}'}" + (
-        f" torch {w['torch']}, {w.get('torch_threads')} threads" if w.get("torch") else "")
-        + (f" ERROR {w['error']}" if w.get("error") else "") for w in results["workers"]]
-    if results.get("torch_skipped"):
-        lines.append(f"PyTorch original: skipped ({results['torch_skipped']})")
-    return [line if line.startswith("#") or not line else line + "  " for line in lines] + [""]
+        f"(median), warm-up {st['warmup']} fit step(s) + 1 call, timer={st['timer']}{fit}, "
+        f"mode={st.get('mode')}",
+        *(f"worker {w['name']}: env {w.get('env') or '{}'}" + (
+            f" torch {w['torch']}, {w.get('torch_threads')} threads" if w.get("torch") else "")
+          + (f" ERROR {w['error']}" if w.get("error") else "") for w in results["workers"]),
+        *([f"PyTorch original: skipped ({results['torch_skipped']})"]
+          if results.get("torch_skipped") else []))), ""]
 
 
 SECTIONS = (  # (results key, title, an item's label, its figures)

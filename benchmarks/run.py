@@ -1,22 +1,14 @@
-"""The speed benchmark's driver: train-step throughput per configuration
-(arch, method, precision, XLA, BatchNorm kind, input, Keras backend), the
-input pipeline, memory, and the PyTorch original side by side.
+"""The speed benchmark's driver (`python -m benchmarks --tiny`): train-step
+throughput per configuration (arch, method, precision, XLA, BatchNorm, input,
+Keras backend), the input pipeline, memory, and the PyTorch original.
 
-    python -m benchmarks --tiny
-    python -m benchmarks --against-torch --torch_original ~/src/PatchUp
-
-A configuration's figure is the median over `--windows` windows of
-`--steps` steps after a warm-up (`patchup_tf.app.steptimer`), wall-clock
-img/s and process CPU seconds per step (robust to other load). The
-configurations live in worker processes (`benchmarks.workers`), one per
-group: a Keras backend (`KERAS_BACKEND`; off TensorFlow the workers feed
-NumPy batches, time whole `fit` calls and never import TensorFlow) in an
-environment variant (`--worker_env`), or the original in one of its
-(`--torch_env`). Their windows are interleaved (default), so a change of
-background load hits them alike; or each runs alone in a fresh process
-(`--isolate`: its own peak RSS); or one at a time within a time budget
-(`budget`, `benchmarks.gpu_bench`). Ratios: `benchmarks.report`; targets and
-which dated run meets them: `benchmarks/results/README.md`.
+A figure is the median of `--windows` windows of `--steps` steps after a
+warm-up: img/s and process CPU seconds per step (robust to other load). The
+configurations live in worker processes (`benchmarks.workers`), one per Keras
+backend (`KERAS_BACKEND`) and environment variant (`--worker_env`) and one per
+variant of the original (`--torch_env`), their windows interleaved (default);
+or each alone in a fresh process (`--isolate`); or one at a time within
+`--budget` seconds. Targets and which run meets them: `benchmarks/results/`.
 """
 
 import argparse
@@ -24,7 +16,6 @@ import sys
 import time
 
 from benchmarks import configs as cfg
-from benchmarks import keras_worker
 from benchmarks import torch_original as original
 from benchmarks.machine import loadavg, machine_info, peak_rss_mb
 from benchmarks.report import add_ratios, format_table, write_results
@@ -160,13 +151,12 @@ def _positive_int(text):
 def build_parser():
     from patchup_tf.app.constants import PRECISIONS
 
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks", description="Train-step and input-pipeline throughput of "
-        "patchup_tf, optionally against the PyTorch original; the defaults are those of "
-        f"{DEFAULTS} where --tiny does not set them ({cfg.TINY}).")
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description="Train-step and "
+                                "input-pipeline throughput of patchup_tf (defaults: "
+                                f"{DEFAULTS}; --tiny: {cfg.TINY}).")
     many, envs = {"nargs": "+", "default": None}, {"nargs": "+", "metavar": "K=V[,K=V]"}
     p.add_argument("--archs", **many)
-    p.add_argument("--methods", **many)
+    p.add_argument("--methods", nargs="*", help="none if given empty (the original only)")
     p.add_argument("--precisions", choices=PRECISIONS, **many)
     p.add_argument("--xla", choices=cfg.XLA, **many, help="jit_compile: default (each "
                    "backend's own: TensorFlow's tf.function, JAX compiled, PyTorch eager), off, on")
@@ -190,6 +180,10 @@ def build_parser():
                    "one worker each (e.g. TF_ENABLE_ONEDNN_OPTS=0 TF_ENABLE_ONEDNN_OPTS=1)")
     p.add_argument("--isolate", action="store_true",
                    help="each config in a fresh subprocess, with its own peak RSS")
+    p.add_argument("--budget", type=float, help="seconds for the whole run: one config at a "
+                   "time, what no longer fits skipped")
+    p.add_argument("--timeout", type=float, help="seconds a worker may take to answer (with "
+                   "--budget: a config in all)")
     p.add_argument("--tiny", action="store_true", help="the CI smoke run (explicit flags win)")
     p.add_argument("--out", default="results.json", help="JSON output path ('' for none)")
     p.add_argument("--against-torch", "--against_torch", action="store_true",

@@ -1,8 +1,6 @@
-"""The PyTorch original's training step, imported from a checkout of it.
-
-`--torch_original PATH` is a clone of https://github.com/chandar-lab/PatchUp
-(`git clone https://github.com/chandar-lab/PatchUp PATH`); nothing of it is
-kept in this repository. The worker (`python -m benchmarks.torch_original
+"""The PyTorch original's training step, imported from a checkout of it
+(`--torch_original PATH`, a clone of https://github.com/chandar-lab/PatchUp;
+nothing of it is kept in this repository). The worker (`python -m benchmarks.torch_original
 --checkout PATH`, speaking the protocol of `benchmarks.workers`) loads the
 checkout's own `main.py` once per configuration, with that configuration's
 command line (`--train patchup --patchup_type soft ...`, the paper's options
@@ -29,13 +27,8 @@ ORIGINAL_URL = "https://github.com/chandar-lab/PatchUp"
 EXPECTED_FILES = ("main.py", os.path.join("models", "preresnet.py"),
                   os.path.join("modules", "patchup.py"))
 TRAIN_MODES = {  # patchup_tf method -> main.py's --train (and --patchup_type)
-    "vanilla": ["--train", "vanilla"],
-    "soft_patchup": ["--train", "patchup", "--patchup_type", "soft"],
-    "hard_patchup": ["--train", "patchup", "--patchup_type", "hard"],
-    "mixup": ["--train", "mixup"],
-    "manifold_mixup": ["--train", "manifold_mixup"],
-    "cutmix": ["--train", "cutmix"],
-}
+    **{m: ["--train", m] for m in ("vanilla", "mixup", "manifold_mixup", "cutmix")},
+    **{f"{t}_patchup": ["--train", "patchup", "--patchup_type", t] for t in ("soft", "hard")}}
 METHODS = tuple(TRAIN_MODES)
 OPTION_FLAGS = {"block_size": "--patchup_block", **{f"{o}": f"--{o}" for o in (
     "gamma", "patchup_prob", "alpha", "k", "loss_params", "cutmix_prob")}}

@@ -80,7 +80,7 @@ class Worker:
     """The coordinator's handle on one worker process (see the protocol above)."""
 
     def __init__(self, command, job, *, env=None, name="worker"):
-        self.name, self.usage = name, None
+        self.name, self.usage, self.reaped = name, None, False
         self.stderr = tempfile.TemporaryFile(mode="w+")
         path = os.environ.get("PYTHONPATH")
         # The programs' defaults (oneDNN on, quiet logs) where neither this
@@ -125,27 +125,21 @@ class Worker:
         return self.kill(grace=30.0)
 
     def kill(self, grace=0.0):
-        """Reaps the worker, killed unless it exits within `grace` s, with wait4
-        (its own rusage: ru_maxrss = its VmHWM); that peak in MiB."""
-        if isinstance(self.proc, Exception):
-            return None
-        end, killed = time.monotonic() + grace, False
-        while self.usage is None:
-            try:
-                pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid:
-                self.usage, self.proc.returncode = usage, os.waitstatus_to_exitcode(status)
-            elif killed or time.monotonic() < end:
-                time.sleep(0.02)
-            else:
-                self.proc.kill()
-                killed = True
-        for stream in (self.proc.stdin, self.proc.stdout, self.stderr):
+        """Reaps the worker, killed unless its output ends within `grace` s, with
+        wait4 (its own rusage: ru_maxrss = its VmHWM); that peak in MiB."""
+        if not (self.reaped or isinstance(self.proc, Exception)):
+            self.reaped = True
             with contextlib.suppress(OSError):
-                stream.close()
+                self.proc.stdin.close()
+            if not select.select([self.proc.stdout], [], [], grace)[0]:
+                self.proc.kill()
+            with contextlib.suppress(ChildProcessError):
+                _, status, self.usage = os.wait4(self.proc.pid, 0)
+                self.proc.returncode = os.waitstatus_to_exitcode(status)
+            self.proc.stdout.close()
+            self.stderr.close()
         return self.usage.ru_maxrss / 1024.0 if self.usage else None
+
 
 ERRORS = (WorkerError, OSError, ValueError, KeyError)
 MIN_CONFIG_S = 25.0
@@ -216,8 +210,7 @@ def bench_workers(groups, job, *, windows, steps, timeout, log=print):
     order rotates each window, so a change of background load hits every
     config alike. Returns `(rows, workers_info)`, rows in the groups' order."""
     rows, info, slots, workers = {}, [], [], []
-    started = [_spawn(g, job) for g in groups]
-    for group, worker in zip(groups, started):
+    for group, worker in [(g, _spawn(g, job)) for g in groups]:
         try:
             workers.append(_start(group, job, timeout, info, worker))
         except ERRORS as e:
@@ -228,10 +221,8 @@ def bench_workers(groups, job, *, windows, steps, timeout, log=print):
                 error = _build(worker, i, c, timeout, job, log)
             except ERRORS as e:
                 error = _error(c, str(e), job)
-            if error:
-                rows[id(c)] = error
-            else:
-                slots.append((worker, i, c, []))
+            rows.update({id(c): error} if error else {})
+            slots += [] if error else [(worker, i, c, [])]
     for w in range(windows if slots else 0):
         for worker, i, c, answers in slots[w % len(slots):] + slots[:w % len(slots)]:
             try:
@@ -251,14 +242,11 @@ def bench_workers(groups, job, *, windows, steps, timeout, log=print):
 
 
 def bench_each(groups, job, *, windows, steps, timeout, fresh=False, end=None, log=print):
-    """Times each config alone: built, timed and freed before the next, in a
-    fresh worker each (`fresh`: `peak_rss_mb` is that process's whole-life
-    VmHWM, from wait4) or one worker per group, replaced after a failure.
-    A config gets at most `timeout` s and, given `end` (a `time.monotonic()`
-    deadline), never past it: one with under `MIN_CONFIG_S` left is skipped.
-
-    Returns `(rows, workers_info)` as `bench_workers` does.
-    """
+    """Times each config alone, built, timed and freed before the next, in a
+    fresh worker each (`fresh`: `peak_rss_mb` is its whole-life VmHWM) or one
+    worker per group, replaced after a failure; each in at most `timeout` s
+    and never past `end` (`time.monotonic()`), skipped with under
+    `MIN_CONFIG_S` left. Returns `(rows, workers_info)`."""
     rows, info = [], []
     for group in groups:
         worker = None
@@ -273,20 +261,18 @@ def bench_each(groups, job, *, windows, steps, timeout, fresh=False, end=None, l
             def remaining():
                 return max(1.0, deadline - time.monotonic())
 
+            answers = []
             try:
                 worker = worker or _start(group, job, remaining(), info)
                 row = _build(worker, i, c, remaining(), job, log)
-                answers = []
                 for _ in range(0 if row else windows):
                     _window(worker, i, c, steps, remaining(), answers, log)
-                row = row or _result(worker, i, answers, remaining(), job)
+                row = {**(row or _result(worker, i, answers, remaining(), job)),
+                       "rss_scope": RSS_SCOPE}
             except ERRORS as e:
                 row = _error(c, f"{group[3]}: {e}", job)
-                if worker is not None:
-                    worker.kill()
-                worker = None  # a fresh one for the next config
-            row["rss_scope"] = RSS_SCOPE
-            if fresh and worker is not None:
+                worker = worker and worker.kill() and None  # killed: a fresh one next
+            if fresh and worker:
                 row.update(peak_rss_mb=worker.close(),
                            rss_scope="subprocess (wait4 ru_maxrss: the child's whole-life VmHWM)")
                 worker = None
