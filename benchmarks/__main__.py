@@ -1,6 +1,4 @@
 """`python -m benchmarks`: see `benchmarks.run`."""
-import sys
-
 from benchmarks.run import main
 
-sys.exit(main())
+raise SystemExit(main())

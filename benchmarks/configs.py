@@ -11,13 +11,11 @@ IMPL = "patchup_tf"
 TORCH_IMPL = "torch_original"
 DEFAULT_METHODS = ("vanilla", "soft_patchup", "hard_patchup", "manifold_mixup")
 INPUTS = ("batches", "trainer")
-XLA = ("default", "off", "on")
-"""`--xla`: each backend's default step mode, uncompiled, or XLA-compiled."""
-BACKENDS = ("tensorflow", "jax", "torch")
-"""Keras backends the library's step can be timed under (`KERAS_BACKEND`)."""
+XLA = ("default", "off", "on")  # each backend's default step mode, uncompiled, XLA-compiled
+BACKENDS = ("tensorflow", "jax", "torch")  # Keras backends (`KERAS_BACKEND`)
+# What `--xla default` means per backend, what a user gets from `compile()`:
+# TensorFlow's `tf.function`, JAX compiled, PyTorch eager.
 DEFAULT_XLA = {"tensorflow": False, "jax": True, "torch": False}
-"""What `--xla default` means per backend, what a user of it gets from
-`compile()`: TensorFlow's `tf.function`, JAX compiled, PyTorch eager."""
 TINY = {"methods": ("vanilla", "soft_patchup"), "precisions": ("float32",), "xla": ("off",),
         "batch_size": 8, "steps": 1, "warmup": 1, "windows": 2, "pipeline_batches": 5,
         "synthetic_images": 512}
@@ -34,15 +32,12 @@ def make_config(arch="preactresnet18", method="vanilla", precision="float32", xl
 
 def config_label(c):
     """`impl/arch/method/precision/xla=..[/bn=../in=..][/backend unless TF][/variant]`."""
+    ours, backend = c.get("impl", IMPL) == IMPL, c.get("backend", "tensorflow")
     parts = [c.get("impl", IMPL), c.get("arch", "?"), c.get("method", "?"),
              c.get("precision", "?"), "xla=" + ("on" if c.get("xla") else "off")]
-    if c.get("impl", IMPL) == IMPL:
-        parts += ["bn=" + str(c.get("batchnorm", "fused")), "in=" + str(c.get("input", "batches"))]
-        if c.get("backend", "tensorflow") != "tensorflow":
-            parts.append(c["backend"])
-    if c.get("variant"):
-        parts.append(c["variant"])
-    return "/".join(parts)
+    parts += [f"bn={c.get('batchnorm', 'fused')}", f"in={c.get('input', 'batches')}"] * ours
+    return "/".join(parts + [backend] * (ours and backend != "tensorflow")
+                    + [c["variant"]] * bool(c.get("variant")))
 
 
 def error_text(e):

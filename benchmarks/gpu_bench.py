@@ -1,15 +1,12 @@
 """GPU throughput of patchup_tf (and the PyTorch original's step), within a time budget.
 
-`python -m benchmarks` with a preset, run by `benchmarks/gpu.sh` (see there):
-one configuration at a time within `--budget` seconds, each in at most
-`--timeout` (worker start, build, trace, XLA compile, warm-up, windows; one
-that fails or runs out of time gets an error row and a fresh worker; what no
-longer fits is skipped), for PreActResNet18 and WRN-28-10 x {vanilla, soft
-and hard PatchUp, mixup} x {float32, mixed_bfloat16} x XLA {off, on} on the
-Keras backend `KERAS_BACKEND` names (JAX needs no TensorFlow), and the
-original's float32 step given `--torch_original PATH` (`--impls tf` or
-`torch`: one side only). Writes `gpu_results.json` and `gpu_results.md` to
-the folder `--out`. This process imports neither TensorFlow nor torch.
+`python -m benchmarks` with a preset (`benchmarks/gpu.sh` tells what it
+times): one configuration at a time within `--budget` seconds, each in at
+most `--timeout` (one that fails or runs out of time gets an error row and a
+fresh worker), on the Keras backend `KERAS_BACKEND` names, and the original
+given `--torch_original PATH` (`--impls tf` or `torch`: one side only).
+Writes `gpu_results.json` and `gpu_results.md` to the folder `--out`. This
+process imports neither TensorFlow nor torch.
 """
 
 import os

@@ -11,8 +11,6 @@ import os
 import sys
 import time
 
-from benchmarks.configs import config_label
-
 
 def _batches(batch_size, num_classes, seed, distinct=2):
     """`distinct` pre-made normalised batches: `(images, one-hot targets)`, NumPy."""
@@ -167,17 +165,10 @@ def info(job):
             "inter_op_threads": threading.get_inter_op_parallelism_threads()}
 
 
-def make(config, job):
-    bench = TrainBench(config, job["batch_size"], job["warmup"], job["timer"],
-                       synthetic_images=job["synthetic_images"])
-    print(f"    {config_label(config)}: traces after warm-up {bench.traces_warmup}",
-          file=sys.stderr)
-    return bench
-
-
 if __name__ == "__main__":
     from benchmarks.workers import serve
     from patchup_tf.app.cli import process_settings
 
     process_settings()  # before `info` imports TensorFlow
-    sys.exit(serve(make, info))
+    sys.exit(serve(lambda c, job: TrainBench(c, job["batch_size"], job["warmup"], job["timer"],
+                                             synthetic_images=job["synthetic_images"]), info))

@@ -2,6 +2,7 @@
 resident memory (standard library only, and `patchup_tf.app.precision`'s
 CPU facts, which import no TensorFlow)."""
 
+import contextlib
 import datetime
 import importlib.metadata
 import os
@@ -22,19 +23,13 @@ ENV_KEYS = ("TF_ENABLE_ONEDNN_OPTS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "TF_X
 
 def _version(name):
     """An installed distribution's version, None if absent (nothing imported)."""
-    try:
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def env_settings():
     """The environment variables that change speed, as set here."""
     return {k: os.environ[k] for k in ENV_KEYS if k in os.environ}
-
-
-def loadavg():
-    return [round(v, 2) for v in os.getloadavg()]
 
 
 def machine_info():
@@ -58,7 +53,7 @@ def machine_info():
         # TF_ENABLE_ONEDNN_OPTS as TensorFlow will read it here ("unset": TensorFlow's own
         # choice, which is off on a CPU without the flags above).
         "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset"),
-        "loadavg_start": loadavg(),
+        "loadavg_start": [round(v, 2) for v in os.getloadavg()],
     }
 
 
@@ -73,8 +68,5 @@ def peak_rss_mb():
 
 def reset_peak_rss():
     """Resets this process's VmHWM to its current RSS (Linux >= 4.0), best effort."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")

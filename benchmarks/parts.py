@@ -10,7 +10,6 @@ from benchmarks.configs import error_text
 from benchmarks.keras_worker import trainer_stream
 from benchmarks.machine import peak_rss_mb, reset_peak_rss
 
-PIPELINES = ("digits", "synthetic")
 SHAPES = {1: (32, 64), 2: (32, 64), 3: (16, 128), 4: (8, 256)}  # position: (width, channels)
 MODES = ("identity", "soft", "hard")
 

@@ -20,29 +20,24 @@ LEGEND = (
     "variant) over this one's. MiB: peak RSS; GPU MiB: peak GPU memory.")
 
 
-def _vanilla_ratios(train):
-    timed = [r for r in train if r.get("img_per_s")]
-    for r in train:
-        base = next((v for v in timed if v.get("method") == "vanilla"
-                     and all(v.get(k) == r.get(k) for k in GROUP_KEYS)), {})
-        ratio = r["img_per_s"] / base["img_per_s"] if base and r.get("img_per_s") else None
-        r["ratio_to_vanilla"] = ratio
-        r["overhead_vs_vanilla"] = 1.0 / ratio - 1.0 if ratio else None
-        r["cpu_overhead_vs_vanilla"] = (r["cpu_s_per_step"] / base["cpu_s_per_step"] - 1.0
-                                        if r.get("cpu_s_per_step") and base.get("cpu_s_per_step")
-                                        else None)
+def _div(a, b):
+    return a / b if a and b else None
+
+
+def _same(row, keys):
+    """A test: has a candidate row the values of `row` at `keys`?"""
+    return lambda other: all(other.get(k) == row.get(k) for k in keys)
 
 
 def _over_reference(rows, field, reference, out):
     """`out`: img/s over the same config's where `field` is `reference` (runs
     where `field` takes several values only)."""
-    if len({r.get(field) for r in rows}) < 2:
-        return
-    keys = [k for k in ("method",) + GROUP_KEYS if k != field]
-    refs = [r for r in rows if r.get(field) == reference and r.get("img_per_s")]
-    for r in rows:
-        ref = [t for t in refs if all(t.get(k) == r.get(k) for k in keys)]
-        r[out] = r["img_per_s"] / ref[0]["img_per_s"] if ref and r.get("img_per_s") else None
+    if len({r.get(field) for r in rows}) > 1:
+        keys = [k for k in ("method",) + GROUP_KEYS if k != field]
+        refs = [r for r in rows if r.get(field) == reference and r.get("img_per_s")]
+        for r in rows:
+            ref = next(filter(_same(r, keys), refs), {})
+            r[out] = _div(r.get("img_per_s"), ref.get("img_per_s"))
 
 
 def _torch_ratios(train):
@@ -50,43 +45,43 @@ def _torch_ratios(train):
     variant (img/s) and its cheapest (CPU-s per step, > 1: ours costs less)."""
     theirs = [r for r in train if r.get("impl") == TORCH_IMPL and r.get("img_per_s")]
     for r in train:
-        ref = [t for t in theirs if t.get("method") == r.get("method")
-               and t.get("arch") == r.get("arch")]
+        ref = list(filter(_same(r, ("method", "arch")), theirs))
         if r.get("impl", IMPL) != IMPL or not r.get("img_per_s") or not ref:
             continue
         fastest = max(ref, key=lambda v: v["img_per_s"])
-        r["x_torch_img_per_s"] = r["img_per_s"] / fastest["img_per_s"]
-        r["torch_variant_img_per_s"] = fastest.get("variant", "")
-        cheap = [v for v in ref if v.get("cpu_s_per_step")]
-        if r.get("cpu_s_per_step") and cheap:
-            cheapest = min(cheap, key=lambda v: v["cpu_s_per_step"])
-            r["x_torch_cpu"] = cheapest["cpu_s_per_step"] / r["cpu_s_per_step"]
-            r["torch_variant_cpu"] = cheapest.get("variant", "")
+        cheapest = min(ref, key=lambda v: v.get("cpu_s_per_step") or float("inf"))
+        r.update(x_torch_img_per_s=r["img_per_s"] / fastest["img_per_s"],
+                 torch_variant_img_per_s=fastest.get("variant", ""),
+                 x_torch_cpu=_div(cheapest.get("cpu_s_per_step"), r.get("cpu_s_per_step")),
+                 torch_variant_cpu=cheapest.get("variant", ""))
 
 
 def add_ratios(results):
     """Adds the ratios to `results` (its `train`, `memory` and `pipeline` rows)."""
     train = results["train"]
-    _vanilla_ratios(train)
+    timed = [r for r in train if r.get("img_per_s")]
+    for r in train:
+        base = next(filter(_same({**r, "method": "vanilla"}, ("method",) + GROUP_KEYS), timed), {})
+        r["ratio_to_vanilla"] = ratio = _div(r.get("img_per_s"), base.get("img_per_s"))
+        r["overhead_vs_vanilla"] = ratio and 1.0 / ratio - 1.0
+        cpu = _div(r.get("cpu_s_per_step"), base.get("cpu_s_per_step"))
+        r["cpu_overhead_vs_vanilla"] = cpu and cpu - 1.0
     ours = [r for r in train if r.get("impl", IMPL) == IMPL]
     _over_reference(ours, "backend", "tensorflow", "x_tf_img_per_s")
     _over_reference(ours, "variant", ours[0].get("variant") if ours else None,
                     "x_variant_img_per_s")
     _torch_ratios(train)
     memory = results.get("memory") or []
-    theirs = [t for t in memory if t.get("impl") == TORCH_IMPL and t.get("peak_rss_mb")]
     for m in memory:
-        ref = [t for t in theirs if t.get("method") == m.get("method")]
-        if m.get("impl", IMPL) == IMPL and m.get("peak_rss_mb") and ref:
-            m["x_torch_peak_rss"] = m["peak_rss_mb"] / ref[0]["peak_rss_mb"]
+        ref = [t for t in memory if t.get("impl") == TORCH_IMPL and _same(m, ("method",))(t)]
+        if m.get("impl", IMPL) == IMPL and ref:
+            m["x_torch_peak_rss"] = _div(m.get("peak_rss_mb"), ref[0].get("peak_rss_mb"))
     fastest = max((r for r in ours if r.get("img_per_s")), key=lambda v: v["img_per_s"],
-                  default=None)
-    results["fastest_train_config"] = (
-        {k: fastest.get(k) for k in ("arch", "method", "precision", "xla", "batchnorm",
-                                     "input", "backend", "img_per_s")} if fastest else None)
+                  default={})
+    results["fastest_train_config"] = {k: fastest.get(k) for k in (
+        "arch", "method", "precision", "xla", "batchnorm", "input", "backend", "img_per_s")}
     for p in results.get("pipeline") or []:
-        p["ratio_to_fastest_model"] = (p["img_per_s"] / fastest["img_per_s"]
-                                       if fastest and p.get("img_per_s") else None)
+        p["ratio_to_fastest_model"] = _div(p.get("img_per_s"), fastest.get("img_per_s"))
     return results
 
 
@@ -180,9 +175,3 @@ def format_table(results):
                           f"{results.get('wall_s', 0):.0f} s."]
     return "\n".join(lines)
 
-
-def write_results(path, results):
-    """Writes the JSON whole or not at all."""
-    from patchup_tf.files import write_json
-
-    write_json(path, results)

@@ -12,13 +12,14 @@ or each alone in a fresh process (`--isolate`); or one at a time within
 """
 
 import argparse
+import os
 import sys
 import time
 
 from benchmarks import configs as cfg
 from benchmarks import torch_original as original
-from benchmarks.machine import loadavg, machine_info, peak_rss_mb
-from benchmarks.report import add_ratios, format_table, write_results
+from benchmarks.machine import machine_info, peak_rss_mb
+from benchmarks.report import add_ratios, format_table
 from benchmarks.workers import bench_each, bench_workers
 from patchup_tf.app.cli import process_settings
 
@@ -129,16 +130,12 @@ def run_benchmark(log=print, **options):
     train, workers, mode = _train(
         a, [c for c in configs if not cfg.skip_reason(c)], torch_configs, job, log)
     pipelines, mix_ops = _parts(a, log)
-    results = {
-        "machine": machine,
-        "settings": {**{k: list(v) if isinstance(v, tuple) else v for k, v in a.items()},
-                     "mode": mode},
-        "train": train + skipped, "memory": memory,
-        "pipeline": pipelines, "mix_ops": mix_ops, "workers": workers,
+    return add_ratios({
+        "machine": machine, "settings": {**a, "mode": mode}, "train": train + skipped,
+        "memory": memory, "pipeline": pipelines, "mix_ops": mix_ops, "workers": workers,
         "torch_skipped": torch_skipped, "process_peak_rss_mb": peak_rss_mb(),
-        "loadavg_end": loadavg(), "wall_s": time.perf_counter() - start,
-    }
-    return add_ratios(results)
+        "loadavg_end": [round(v, 2) for v in os.getloadavg()],
+        "wall_s": time.perf_counter() - start})
 
 
 def _positive_int(text):
@@ -158,8 +155,8 @@ def build_parser():
     p.add_argument("--archs", **many)
     p.add_argument("--methods", nargs="*", help="none if given empty (the original only)")
     p.add_argument("--precisions", choices=PRECISIONS, **many)
-    p.add_argument("--xla", choices=cfg.XLA, **many, help="jit_compile: default (each "
-                   "backend's own: TensorFlow's tf.function, JAX compiled, PyTorch eager), off, on")
+    p.add_argument("--xla", choices=cfg.XLA, **many, help="jit_compile: default (each backend's "
+                   "own: TensorFlow's tf.function, JAX compiled, PyTorch eager), off, on")
     p.add_argument("--batchnorm", dest="batchnorms", **many, help="fused and/or keras")
     p.add_argument("--input", choices=cfg.INPUTS, dest="inputs", **many, help="what feeds the "
                    "step: in-memory batches or the trainer's train_epochs stream (end to end)")
@@ -167,24 +164,22 @@ def build_parser():
                    help=f"Keras backends ({', '.join(cfg.BACKENDS)}), one worker each")
     p.add_argument("--pipelines", nargs="*", choices=("digits", "synthetic"),
                    help="input pipelines timed alone (none if given empty)")
-    p.add_argument("--mix_ops", action="store_true", help="also time PatchUp's own ops alone")
-    p.add_argument("--batch_size", type=_positive_int)
-    p.add_argument("--steps", type=_positive_int, help="train steps per window")
-    p.add_argument("--warmup", type=_positive_int, help="fit steps before timing (+1 call)")
-    p.add_argument("--windows", type=_positive_int, help="timed windows (median reported)")
+    for flag, kind, text in (
+            ("--batch_size", _positive_int, None), ("--steps", _positive_int, "steps per window"),
+            ("--warmup", _positive_int, "fit steps before timing (+1 call)"),
+            ("--windows", _positive_int, "timed windows (median reported)"),
+            ("--budget", float, "seconds for the run: one config at a time, the rest skipped"),
+            ("--timeout", float, "seconds a worker may take to answer (--budget: a config)")):
+        p.add_argument(flag, type=kind, help=text)
+    for flag, text in (("--mix_ops", "also time PatchUp's own ops alone"),
+                       ("--workers", "accepted for older command lines: always workers"),
+                       ("--isolate", "each config in a fresh subprocess: its own peak RSS"),
+                       ("--tiny", "the CI smoke run (explicit flags win)")):
+        p.add_argument(flag, action="store_true", help=text)
     p.add_argument("--timer", choices=("function", "fit"),
                    help="time model.train_function calls (fit's inner loop) or whole fit calls")
-    p.add_argument("--workers", action="store_true", help="accepted for older command lines: "
-                   "the configurations always live in worker processes")
     p.add_argument("--worker_env", dest="worker_envs", **envs, help="environment variants, "
                    "one worker each (e.g. TF_ENABLE_ONEDNN_OPTS=0 TF_ENABLE_ONEDNN_OPTS=1)")
-    p.add_argument("--isolate", action="store_true",
-                   help="each config in a fresh subprocess, with its own peak RSS")
-    p.add_argument("--budget", type=float, help="seconds for the whole run: one config at a "
-                   "time, what no longer fits skipped")
-    p.add_argument("--timeout", type=float, help="seconds a worker may take to answer (with "
-                   "--budget: a config in all)")
-    p.add_argument("--tiny", action="store_true", help="the CI smoke run (explicit flags win)")
     p.add_argument("--out", default="results.json", help="JSON output path ('' for none)")
     p.add_argument("--against-torch", "--against_torch", action="store_true",
                    dest="against_torch", help="also time the PyTorch original's float32 step "
@@ -224,6 +219,8 @@ def main(argv=None):
     results["settings"].update(tiny=args.tiny, argv=sys.argv[1:] if argv is None else list(argv))
     print(format_table(results), flush=True)
     if args.out:
-        write_results(args.out, results)
+        from patchup_tf.files import write_json  # whole or not at all
+
+        write_json(args.out, results)
         print(f"wrote {args.out}")
     return 0

@@ -84,7 +84,6 @@ def job_configs(archs, methods, batch_size, num_classes=10):
 
 
 def command(checkout, python=None):
-    """The command line that starts the torch worker."""
     return [python or sys.executable, "-m", "benchmarks.torch_original", "--checkout",
             os.path.abspath(checkout)]
 

@@ -62,9 +62,8 @@ def serve(make, info):
             answer = {"img_per_s": job["batch_size"] / timing.wall_s, "wall_s": timing.wall_s,
                       "cpu_s": timing.cpu_s}
         elif cmd["cmd"] == "result":
-            bench = benches.pop(i)
-            answer = {"result": {**bench.result(), "peak_rss_mb": peaks.get(i)}}
-            bench.close()
+            answer = {"result": {**benches[i].result(), "peak_rss_mb": peaks.get(i)}}
+            benches.pop(i).close()
             gc.collect()
         else:
             break
@@ -82,12 +81,10 @@ class Worker:
     def __init__(self, command, job, *, env=None, name="worker"):
         self.name, self.usage, self.reaped = name, None, False
         self.stderr = tempfile.TemporaryFile(mode="w+")
-        path = os.environ.get("PYTHONPATH")
         # The programs' defaults (oneDNN on, quiet logs) where neither this
         # process's environment nor the variant `env` sets them.
-        child_env = process_settings({**os.environ, "PYTHONUNBUFFERED": "1",
-                                      "PYTHONPATH": ROOT + (os.pathsep + path if path else ""),
-                                      **(env or {})})
+        child_env = process_settings({**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": (
+            os.pathsep.join(filter(None, (ROOT, os.environ.get("PYTHONPATH"))))), **(env or {})})
         try:
             self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=self.stderr, env=child_env, text=True, bufsize=1)
@@ -149,8 +146,7 @@ RSS_SCOPE = "per worker process, VmHWM reset before each window (with its other 
 
 def window_stats(answers, batch_size):
     """A row's figures from its window answers `{"wall_s", "cpu_s"}` (per step)."""
-    rates = [batch_size / a["wall_s"] for a in answers]
-    cpu = [a["cpu_s"] for a in answers]
+    rates, cpu = [batch_size / a["wall_s"] for a in answers], [a["cpu_s"] for a in answers]
     median = statistics.median(rates) if rates else None
     return {"img_per_s": median, "step_ms": 1000.0 * batch_size / median if median else None,
             "img_per_s_best": max(rates, default=None), "img_per_s_windows": rates,
@@ -175,10 +171,9 @@ def _build(worker, i, config, timeout, job, log):
 
 
 def _window(worker, i, config, steps, timeout, answers, log):
-    answer = worker.ask("window", timeout, config=i, steps=steps)
-    answers.append(answer)
-    log(f"[window {len(answers)}] {config_label(config)}: {answer['img_per_s']:.1f} img/s, "
-        f"{answer['cpu_s']:.2f} CPU-s/step")
+    answers.append(worker.ask("window", timeout, config=i, steps=steps))
+    log(f"[window {len(answers)}] {config_label(config)}: {answers[-1]['img_per_s']:.1f} img/s, "
+        f"{answers[-1]['cpu_s']:.2f} CPU-s/step")
 
 
 def _result(worker, i, answers, timeout, job):

@@ -149,7 +149,9 @@ def test_the_pipeline_machine_and_report(real, tmp_path):
     assert m["versions"]["keras"] and m["cores"] >= 1
     table = report.format_table(results)
     assert table.count("| patchup_tf |") == 2 and table.count("| torch_original |") == 2
-    report.write_results(str(tmp_path / "r.json"), results)
+    from patchup_tf.files import write_json
+
+    write_json(str(tmp_path / "r.json"), results)
     assert json.loads((tmp_path / "r.json").read_text())["train"] == results["train"]
 
 
