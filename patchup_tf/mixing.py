@@ -178,22 +178,44 @@ def _per_image(value, ndim):
     return ops.reshape(value, (-1,) + (1,) * (ndim - 1))
 
 
+def _upstream(args, upstream):
+    """The upstream gradient as `ops.custom_gradient` hands it on each backend."""
+    return args[0] if upstream is None else upstream
+
+
+@ops.custom_gradient
+def _rows(x, perm, inverse):
+    def grad(*args, upstream=None):
+        return ops.take(_upstream(args, upstream), inverse, axis=0), None, None
+
+    return ops.take(x, perm, axis=0), grad
+
+
 def _gather(x, perm):
     """`x[perm]` along the batch. `perm` is a permutation, so the gradient is
     the upstream gathered by the inverse permutation: the values of the
     backends' scatter-add gather gradient, at a gather's cost."""
-    inverse = ops.argsort(perm)
+    perm = ops.convert_to_tensor(perm)
+    return _rows(x, perm, ops.argsort(perm))
 
+
+def _fill_op(soft):
     @ops.custom_gradient
-    def rows(x):
+    def fill(x, holes, perm, inverse, weight, keep, pasted):
+        partner = ops.take(x, perm, axis=0)
+        patch = weight * x + (1 - weight) * partner if soft else partner
+
         def grad(*args, upstream=None):
-            if upstream is None:
-                (upstream,) = args
-            return ops.take(upstream, inverse, axis=0)
+            g = _upstream(args, upstream)
+            dx = g * keep + ops.take(g * pasted, inverse, axis=0)
+            return dx, None, None, None, None, None, None
 
-        return ops.take(x, perm, axis=0), grad
+        return ops.where(holes, patch, x), grad
 
-    return rows(x)
+    return fill
+
+
+_FILL = {False: _fill_op(False), True: _fill_op(True)}
 
 
 def _fill(features, holes, perm, lam=None):
@@ -211,21 +233,8 @@ def _fill(features, holes, perm, lam=None):
     weight = zero if lam is None else ops.cast(lam, dtype)
     keep = ops.where(holes, weight, one)
     pasted = ops.where(holes, one - weight, zero)
-    inverse = ops.argsort(perm)
-
-    @ops.custom_gradient
-    def fill(x):
-        partner = ops.take(x, perm, axis=0)
-        patch = partner if lam is None else weight * x + (one - weight) * partner
-
-        def grad(*args, upstream=None):
-            if upstream is None:
-                (upstream,) = args
-            return upstream * keep + ops.take(upstream * pasted, inverse, axis=0)
-
-        return ops.where(holes, patch, x), grad
-
-    return fill(features)
+    perm = ops.convert_to_tensor(perm)
+    return _FILL[lam is not None](features, holes, perm, ops.argsort(perm), weight, keep, pasted)
 
 
 def beta(alpha, seed, shape=()):
